@@ -1,0 +1,216 @@
+//! RabbitMQ: connecting, declaring each route's topology idempotently,
+//! publishing with confirms, and reading and writing message headers.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::Mutex;
+
+use crate::config::{QueueType, Route, Secret, redact_url};
+
+/// Header prefix of everything Passerelle writes on a message.
+pub const HEADER_PREFIX: &str = "x-passerelle-";
+/// How many times the whole message has been tried (1 on first delivery).
+pub const ATTEMPT_HEADER: &str = "x-passerelle-attempt";
+/// The transform version that produced a message or a failure.
+pub const VERSION_HEADER: &str = "x-passerelle-transform-version";
+
+pub async fn connect(url: &Secret, name: &str) -> anyhow::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url.expose(), properties)
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(url.expose())))
+}
+
+/// Declares a route's exchanges, work queue, bindings and dead-letter
+/// queue. Declaring what exists with the same settings changes nothing;
+/// different settings are refused by the broker and reported.
+pub async fn declare_topology(
+    channel: &Channel,
+    route_name: &str,
+    route: &Route,
+) -> anyhow::Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let mut arguments = FieldTable::default();
+    if route.queue_type == QueueType::Quorum {
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
+    channel
+        .queue_declare(route.queue.as_str().into(), durable, arguments.clone())
+        .await
+        .with_context(|| format!("route {route_name}: declaring queue {}", route.queue))?;
+    channel
+        .queue_declare(
+            route.dead_letter_queue().as_str().into(),
+            durable,
+            arguments,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "route {route_name}: declaring queue {}",
+                route.dead_letter_queue()
+            )
+        })?;
+    for binding in &route.bindings {
+        channel
+            .exchange_declare(
+                binding.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "route {route_name}: declaring topic exchange {}",
+                    binding.exchange
+                )
+            })?;
+        channel
+            .queue_bind(
+                route.queue.as_str().into(),
+                binding.exchange.as_str().into(),
+                binding.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "route {route_name}: binding {} to {} with {:?}",
+                    route.queue, binding.exchange, binding.routing_key
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// Publishes with publisher confirms: `publish` returns once the broker
+/// has taken responsibility for the message. A channel closed by the
+/// broker (say, publishing to a missing exchange) is reopened on next use.
+#[derive(Clone)]
+pub struct Publisher {
+    connection: Arc<Connection>,
+    channel: Arc<Mutex<Option<Channel>>>,
+}
+
+impl Publisher {
+    pub fn new(connection: Arc<Connection>) -> Self {
+        Self {
+            connection,
+            channel: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Publishes persistently and mandatorily: a message no queue takes is
+    /// an error, not a silent loss.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> anyhow::Result<()> {
+        let channel = self.channel().await?;
+        let properties = properties.with_delivery_mode(2);
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .with_context(|| {
+                format!("publishing to exchange {exchange:?} with key {routing_key:?}")
+            })?
+            .await
+            .with_context(|| format!("confirming a publish to exchange {exchange:?}"))?;
+        let target = format!("exchange {exchange:?} with routing key {routing_key:?}");
+        if confirm.is_nack() {
+            return Err(anyhow!("the broker refused a message for {target}"));
+        }
+        if confirm.take_message().is_some() {
+            return Err(anyhow!("no queue takes messages from {target}"));
+        }
+        Ok(())
+    }
+
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        let mut slot = self.channel.lock().await;
+        if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
+            return Ok(channel.clone());
+        }
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .context("enabling publisher confirms")?;
+        *slot = Some(channel.clone());
+        Ok(channel)
+    }
+}
+
+/// Message headers as text, the way a transform sees them. Values that
+/// are not text or numbers (tables, arrays, bytes) are left out.
+pub fn headers_as_text(headers: Option<&FieldTable>) -> Vec<(String, String)> {
+    let Some(headers) = headers else {
+        return Vec::new();
+    };
+    headers
+        .inner()
+        .iter()
+        .filter_map(|(name, value)| Some((name.to_string(), value_as_text(value)?)))
+        .collect()
+}
+
+fn value_as_text(value: &AMQPValue) -> Option<String> {
+    Some(match value {
+        AMQPValue::LongString(text) => String::from_utf8_lossy(text.as_bytes()).into_owned(),
+        AMQPValue::ShortString(text) => text.to_string(),
+        AMQPValue::Boolean(flag) => flag.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Timestamp(n) => n.to_string(),
+        _ => return None,
+    })
+}
+
+/// Reads an integer header whatever integer type the publisher chose.
+pub fn header_number(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
+    let value = headers?.inner().get(&ShortString::from(name))?;
+    value_as_text(value)?.parse().ok()
+}
+
+pub fn text(value: impl Into<String>) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.into()))
+}

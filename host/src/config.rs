@@ -1,0 +1,339 @@
+//! The configuration file: AMQP connection, endpoints with their declared
+//! operations, and routes. Loading it interpolates `${VAR}` from the
+//! environment, then checks everything a running host would trip on later,
+//! so a bad file is refused at start with the file, the key path and the
+//! value named.
+
+mod env;
+mod validate;
+
+pub use validate::redact_url;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::runtime::GuestLimits;
+
+/// A configuration error: where it is, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    pub file: String,
+    /// Dotted key path, e.g. `routes.crm-to-shop.limits.time`.
+    pub key: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub amqp: Amqp,
+    pub endpoints: BTreeMap<String, Endpoint>,
+    pub routes: BTreeMap<String, Route>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Amqp {
+    pub url: Secret,
+    /// How long a shutdown waits for messages in flight.
+    #[serde(default = "defaults::shutdown_grace", with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub base_url: String,
+    #[serde(default)]
+    pub auth: Option<Auth>,
+    #[serde(default = "defaults::http_timeout", with = "duration")]
+    pub timeout: Duration,
+    pub operations: BTreeMap<String, Operation>,
+}
+
+/// How requests to an endpoint authenticate. Secrets come from the
+/// environment, named by the `*_env` keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Auth {
+    Bearer {
+        token_env: String,
+        #[serde(skip)]
+        token: Secret,
+    },
+    Basic {
+        username: String,
+        password_env: String,
+        #[serde(skip)]
+        password: Secret,
+    },
+    #[serde(rename = "oauth2_client_credentials")]
+    OAuth2ClientCredentials {
+        token_url: String,
+        client_id_env: String,
+        client_secret_env: String,
+        #[serde(default)]
+        scope: Option<String>,
+        #[serde(skip)]
+        client_id: Secret,
+        #[serde(skip)]
+        client_secret: Secret,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operation {
+    pub method: HttpMethod,
+    /// Relative to the endpoint's `base_url`, with `{param}` placeholders.
+    pub uri: String,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, Parameter>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Parameter {
+    pub location: Location,
+    /// `uri` parameters are always required.
+    #[serde(default)]
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Location {
+    Uri,
+    Query,
+    Header,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub queue: String,
+    #[serde(default)]
+    pub queue_type: QueueType,
+    #[serde(default)]
+    pub bindings: Vec<Binding>,
+    /// The component file, relative to the configuration file.
+    pub transform: PathBuf,
+    /// Endpoints this route's transform may call.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Values the transform reads through `host.config`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    #[serde(default = "defaults::concurrency")]
+    pub concurrency: u16,
+    /// Unacked messages the broker may hand over; defaults to `concurrency`.
+    #[serde(default)]
+    pub prefetch: Option<u16>,
+    #[serde(default)]
+    pub retry: Retry,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    pub exchange: String,
+    #[serde(default = "defaults::routing_key")]
+    pub routing_key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Quick in-process retries after the first try.
+    #[serde(default = "defaults::immediate_retries")]
+    pub immediate: u32,
+    /// Base of the exponential backoff between in-process retries.
+    #[serde(default = "defaults::backoff", with = "duration")]
+    pub backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            immediate: defaults::immediate_retries(),
+            backoff: defaults::backoff(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default, with = "duration::option")]
+    pub time: Option<Duration>,
+    #[serde(default)]
+    pub memory: Option<bytesize::ByteSize>,
+}
+
+impl Limits {
+    pub fn guest(&self) -> GuestLimits {
+        let defaults = GuestLimits::default();
+        GuestLimits {
+            time: self.time.unwrap_or(defaults.time),
+            memory: self
+                .memory
+                .map_or(defaults.memory, |size| size.as_u64() as usize),
+        }
+    }
+}
+
+impl Route {
+    pub fn prefetch(&self) -> u16 {
+        self.prefetch.unwrap_or(self.concurrency)
+    }
+
+    /// Where messages that can never succeed are kept, with their reason.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.queue)
+    }
+}
+
+/// A value that must never reach a log or an error message.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// The file's shape before validation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    amqp: Amqp,
+    #[serde(default)]
+    endpoints: BTreeMap<String, Endpoint>,
+    routes: BTreeMap<String, Route>,
+}
+
+impl Config {
+    /// Reads, interpolates and validates a configuration file. Relative
+    /// component paths are resolved against the file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &file, base)
+    }
+
+    /// Parses configuration text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Self, ConfigError> {
+        let error = |key: String, problem: String| ConfigError {
+            file: file.to_string(),
+            key,
+            problem,
+        };
+        let mut tree: serde_json::Value = serde_saphyr::from_str(text)
+            .map_err(|e| error("(syntax)".into(), format!("not valid YAML: {e}")))?;
+        env::interpolate(&mut tree, &mut Vec::new())
+            .map_err(|(key, problem)| error(key, problem))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            error(key, e.into_inner().to_string())
+        })?;
+        let mut config = Config {
+            amqp: raw.amqp,
+            endpoints: raw.endpoints,
+            routes: raw.routes,
+        };
+        validate::check(&mut config, base).map_err(|(key, problem)| error(key, problem))?;
+        Ok(config)
+    }
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn shutdown_grace() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn http_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn concurrency() -> u16 {
+        8
+    }
+    pub fn routing_key() -> String {
+        "#".into()
+    }
+    pub fn immediate_retries() -> u32 {
+        2
+    }
+    pub fn backoff() -> Duration {
+        Duration::from_millis(200)
+    }
+}
+
+/// Durations written the human way: `50ms`, `5s`, `5m`, `1h 30m`.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        humantime::parse_duration(text)
+            .map_err(|e| format!("invalid duration {text:?} ({e}); expected e.g. 500ms, 5s, 2m"))
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(deserializer).map(Some)
+        }
+    }
+}

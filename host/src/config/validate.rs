@@ -1,0 +1,287 @@
+//! Checks that serde cannot express: cross-references between sections,
+//! URI templates against their parameters, secrets present in the
+//! environment. Each error names the key path and the offending value.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::{Auth, Config, Endpoint, Location, Operation, Route, Secret};
+
+type Problem = (String, String);
+
+pub fn check(config: &mut Config, base: &Path) -> Result<(), Problem> {
+    check_amqp_url(config.amqp.url.expose())?;
+    for (name, endpoint) in &mut config.endpoints {
+        check_endpoint(name, endpoint)?;
+    }
+    if config.routes.is_empty() {
+        return Err(("routes".into(), "no routes: nothing to consume".into()));
+    }
+    for (name, route) in &mut config.routes {
+        check_route(name, route, &config.endpoints, base)?;
+    }
+    Ok(())
+}
+
+fn check_amqp_url(url: &str) -> Result<(), Problem> {
+    if url.starts_with("amqp://") || url.starts_with("amqps://") {
+        return Ok(());
+    }
+    Err((
+        "amqp.url".into(),
+        format!("{:?} is not an amqp:// or amqps:// URL", redact_url(url)),
+    ))
+}
+
+/// Hides the password of a URL, for errors and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".into();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+fn check_endpoint(name: &str, endpoint: &mut Endpoint) -> Result<(), Problem> {
+    let key = format!("endpoints.{name}");
+    let parsed = reqwest::Url::parse(&endpoint.base_url).map_err(|e| {
+        (
+            format!("{key}.base_url"),
+            format!("{:?} is not a URL: {e}", endpoint.base_url),
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err((
+            format!("{key}.base_url"),
+            format!("{:?} must be an http:// or https:// URL", endpoint.base_url),
+        ));
+    }
+    // Operation URIs are relative: without the slash, joining would drop
+    // the last segment of the base.
+    if !endpoint.base_url.ends_with('/') {
+        endpoint.base_url.push('/');
+    }
+    if endpoint.timeout.is_zero() {
+        return Err((format!("{key}.timeout"), "must be more than 0".into()));
+    }
+    if let Some(auth) = &mut endpoint.auth {
+        read_auth_secrets(&format!("{key}.auth"), auth)?;
+    }
+    if endpoint.operations.is_empty() {
+        return Err((format!("{key}.operations"), "no operations declared".into()));
+    }
+    for (op_name, operation) in &mut endpoint.operations {
+        check_operation(&format!("{key}.operations.{op_name}"), operation)?;
+    }
+    Ok(())
+}
+
+fn read_auth_secrets(key: &str, auth: &mut Auth) -> Result<(), Problem> {
+    let from_env = |field: &str, variable: &str| {
+        std::env::var(variable).map(Secret::new).map_err(|_| {
+            (
+                format!("{key}.{field}"),
+                format!("environment variable {variable} is not set"),
+            )
+        })
+    };
+    match auth {
+        Auth::Bearer { token_env, token } => {
+            *token = from_env("bearer.token_env", token_env)?;
+        }
+        Auth::Basic {
+            password_env,
+            password,
+            ..
+        } => {
+            *password = from_env("basic.password_env", password_env)?;
+        }
+        Auth::OAuth2ClientCredentials {
+            token_url,
+            client_id_env,
+            client_secret_env,
+            client_id,
+            client_secret,
+            ..
+        } => {
+            reqwest::Url::parse(token_url).map_err(|e| {
+                (
+                    format!("{key}.oauth2_client_credentials.token_url"),
+                    format!("{token_url:?} is not a URL: {e}"),
+                )
+            })?;
+            *client_id = from_env("oauth2_client_credentials.client_id_env", client_id_env)?;
+            *client_secret = from_env(
+                "oauth2_client_credentials.client_secret_env",
+                client_secret_env,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn check_operation(key: &str, operation: &mut Operation) -> Result<(), Problem> {
+    let uri_key = format!("{key}.uri");
+    if operation.uri.starts_with('/') || operation.uri.contains("://") {
+        return Err((
+            uri_key,
+            format!(
+                "{:?} must be relative to the endpoint's base_url (no leading /)",
+                operation.uri
+            ),
+        ));
+    }
+    let placeholders =
+        placeholders(&operation.uri).map_err(|problem| (uri_key.clone(), problem))?;
+    for name in &placeholders {
+        match operation.parameters.get(name) {
+            Some(p) if p.location == Location::Uri => {}
+            Some(_) => {
+                return Err((
+                    format!("{key}.parameters.{name}.location"),
+                    format!(
+                        "{{{name}}} appears in uri {:?}, so its location must be uri",
+                        operation.uri
+                    ),
+                ));
+            }
+            None => {
+                return Err((
+                    format!("{key}.parameters"),
+                    format!(
+                        "uri {:?} uses {{{name}}} but no parameter {name} is declared",
+                        operation.uri
+                    ),
+                ));
+            }
+        }
+    }
+    for (name, parameter) in &mut operation.parameters {
+        if parameter.location == Location::Uri {
+            if !placeholders.contains(name) {
+                return Err((
+                    format!("{key}.parameters.{name}"),
+                    format!(
+                        "location is uri but uri {:?} has no {{{name}}}",
+                        operation.uri
+                    ),
+                ));
+            }
+            parameter.required = true;
+        }
+    }
+    Ok(())
+}
+
+/// The `{name}` placeholders of a URI template.
+pub fn placeholders(template: &str) -> Result<BTreeSet<String>, String> {
+    let mut names = BTreeSet::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed {{ in uri {template:?}"))?;
+        let name = &after[..close];
+        if name.is_empty() || name.contains('{') {
+            return Err(format!("bad placeholder {{{name}}} in uri {template:?}"));
+        }
+        names.insert(name.to_string());
+        rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(format!("unopened }} in uri {template:?}"));
+    }
+    Ok(names)
+}
+
+fn check_route(
+    name: &str,
+    route: &mut Route,
+    endpoints: &std::collections::BTreeMap<String, Endpoint>,
+    base: &Path,
+) -> Result<(), Problem> {
+    let key = format!("routes.{name}");
+    if route.queue.trim().is_empty() {
+        return Err((format!("{key}.queue"), "must not be empty".into()));
+    }
+    for (index, binding) in route.bindings.iter().enumerate() {
+        if binding.exchange.is_empty() {
+            return Err((
+                format!("{key}.bindings[{index}].exchange"),
+                "the default exchange cannot be bound; name an exchange".into(),
+            ));
+        }
+    }
+    route.transform = base.join(&route.transform);
+    if !route.transform.is_file() {
+        return Err((
+            format!("{key}.transform"),
+            format!("no such file: {}", route.transform.display()),
+        ));
+    }
+    for (index, endpoint) in route.endpoints.iter().enumerate() {
+        if !endpoints.contains_key(endpoint) {
+            let known: Vec<&str> = endpoints.keys().map(String::as_str).collect();
+            return Err((
+                format!("{key}.endpoints[{index}]"),
+                format!(
+                    "unknown endpoint {endpoint:?} (declared: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    if route.concurrency == 0 {
+        return Err((format!("{key}.concurrency"), "must be at least 1".into()));
+    }
+    if route.prefetch() < route.concurrency {
+        return Err((
+            format!("{key}.prefetch"),
+            format!(
+                "{} is below concurrency {}: workers would sit idle",
+                route.prefetch(),
+                route.concurrency
+            ),
+        ));
+    }
+    let limits = route.limits.guest();
+    if limits.time.is_zero() {
+        return Err((format!("{key}.limits.time"), "must be more than 0".into()));
+    }
+    if limits.memory < 1 << 20 {
+        return Err((
+            format!("{key}.limits.memory"),
+            "must be at least 1MiB".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_the_password_of_a_url() {
+        assert_eq!(
+            redact_url("amqp://guest:hunter2@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+
+    #[test]
+    fn finds_placeholders_and_refuses_broken_templates() {
+        let names = placeholders("a/{x}/b/{y}").unwrap();
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["x", "y"]);
+        assert!(placeholders("a/{x").is_err());
+        assert!(placeholders("a/x}").is_err());
+        assert!(placeholders("a/{}").is_err());
+    }
+}

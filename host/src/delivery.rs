@@ -1,0 +1,219 @@
+//! HTTP delivery of `call` actions: checks a call's arguments against its
+//! declared operation, builds the request (URI template, query, headers,
+//! JSON body, auth), sends it with a pooled client and classifies the
+//! outcome as success, temporary or permanent failure.
+
+mod auth;
+mod request;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+use crate::config::Endpoint;
+use crate::version::Version;
+use auth::Authenticator;
+pub use request::{Request, build_request};
+
+/// Header carrying the key that makes a retried call safe to repeat.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+/// Header carrying the version of the transform that produced the call.
+pub const VERSION_HEADER: &str = "X-Passerelle-Transform-Version";
+
+/// Why a call did not succeed, and whether trying again may help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct DeliveryError {
+    pub temporary: bool,
+    pub reason: String,
+    /// The last HTTP status, when the target answered.
+    pub status: Option<u16>,
+    /// When the target asked us to come back (`Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl DeliveryError {
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self {
+            temporary: false,
+            reason: reason.into(),
+            status: None,
+            retry_after: None,
+        }
+    }
+
+    fn temporary(reason: impl Into<String>) -> Self {
+        Self {
+            temporary: true,
+            ..Self::permanent(reason)
+        }
+    }
+}
+
+/// What identifies one call of one message, sent along with it.
+#[derive(Debug, Clone)]
+pub struct CallContext<'a> {
+    pub idempotency_key: String,
+    pub version: &'a Version,
+}
+
+/// The declared endpoints and one pooled HTTP client for all of them.
+pub struct Http {
+    client: reqwest::Client,
+    endpoints: BTreeMap<String, EndpointClient>,
+}
+
+struct EndpointClient {
+    config: Endpoint,
+    auth: Authenticator,
+}
+
+impl Http {
+    pub fn new(endpoints: &BTreeMap<String, Endpoint>) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("passerelle/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let endpoints = endpoints
+            .iter()
+            .map(|(name, config)| {
+                let client = EndpointClient {
+                    auth: Authenticator::new(config.auth.clone()),
+                    config: config.clone(),
+                };
+                (name.clone(), client)
+            })
+            .collect();
+        Ok(Self { client, endpoints })
+    }
+
+    /// Performs one call; returns the HTTP status on success.
+    pub async fn call(
+        &self,
+        endpoint: &str,
+        operation: &str,
+        args: &serde_json::Map<String, serde_json::Value>,
+        context: &CallContext<'_>,
+    ) -> Result<u16, DeliveryError> {
+        let target = self
+            .endpoints
+            .get(endpoint)
+            .ok_or_else(|| DeliveryError::permanent(format!("unknown endpoint {endpoint:?}")))?;
+        let declared = target.config.operations.get(operation).ok_or_else(|| {
+            DeliveryError::permanent(format!("unknown operation {endpoint}.{operation}"))
+        })?;
+        let request =
+            build_request(&target.config.base_url, declared, args).map_err(|problem| {
+                DeliveryError::permanent(format!("call to {endpoint}.{operation}: {problem}"))
+            })?;
+        let name = format!("{endpoint}.{operation}");
+
+        let response = self.send(target, &request, context, &name).await?;
+        if response.status() == StatusCode::UNAUTHORIZED && target.auth.can_refresh() {
+            // A token may be revoked before it expires: fetch a new one, once.
+            target.auth.invalidate().await;
+            let response = self.send(target, &request, context, &name).await?;
+            return classify(response, &name).await;
+        }
+        classify(response, &name).await
+    }
+
+    async fn send(
+        &self,
+        target: &EndpointClient,
+        request: &Request,
+        context: &CallContext<'_>,
+        name: &str,
+    ) -> Result<reqwest::Response, DeliveryError> {
+        let mut builder = self
+            .client
+            .request(request.method.clone(), request.url.clone())
+            .timeout(target.config.timeout)
+            .header(IDEMPOTENCY_KEY, &context.idempotency_key)
+            .header(VERSION_HEADER, context.version.as_str());
+        for (header, value) in &request.headers {
+            builder = builder.header(header, value);
+        }
+        if let Some(body) = &request.json {
+            builder = builder.json(body);
+        }
+        builder = target.auth.apply(&self.client, builder).await?;
+        builder.send().await.map_err(|e| {
+            let kind = if e.is_timeout() {
+                "timed out"
+            } else {
+                "failed"
+            };
+            DeliveryError::temporary(format!("{name}: request {kind}: {}", e.without_url()))
+        })
+    }
+}
+
+/// 2xx succeeds; 408, 429 and 5xx are worth retrying; other answers are
+/// permanent for this message.
+async fn classify(response: reqwest::Response, name: &str) -> Result<u16, DeliveryError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(status.as_u16());
+    }
+    let retry_after = retry_after(response.headers());
+    let body = response.text().await.unwrap_or_default();
+    let temporary = status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS;
+    Err(DeliveryError {
+        temporary,
+        reason: format!("{name}: HTTP {status}{}", excerpt(&body)),
+        status: Some(status.as_u16()),
+        retry_after,
+    })
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(
+        date.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// The start of an error body: often the only clue to a 4xx.
+fn excerpt(body: &str) -> String {
+    const MAX: usize = 300;
+    let body = body.trim();
+    if body.is_empty() {
+        return String::new();
+    }
+    let cut: String = body.chars().take(MAX).collect();
+    let ellipsis = if cut.len() < body.len() { "…" } else { "" };
+    format!(": {cut}{ellipsis}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "2".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
+
+        let later = SystemTime::now() + Duration::from_secs(30);
+        headers.insert(RETRY_AFTER, httpdate::fmt_http_date(later).parse().unwrap());
+        let wait = retry_after(&headers).unwrap();
+        assert!(
+            wait > Duration::from_secs(28) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+
+        headers.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers), None);
+    }
+}

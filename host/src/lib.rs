@@ -1,0 +1,11 @@
+//! Passerelle keeps business systems in sync through RabbitMQ: it consumes
+//! messages, runs each through a sandboxed WebAssembly transform and performs
+//! the actions the transform returns. See ARCHITECTURE.md for the map.
+
+pub mod amqp;
+pub mod config;
+pub mod delivery;
+pub mod pipeline;
+pub mod runtime;
+pub mod service;
+pub mod version;

@@ -1,0 +1,286 @@
+//! The `passerelle` command line: parses arguments and hands each subcommand
+//! to the library.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use passerelle::config::Config;
+use passerelle::runtime::{
+    GuestLimits, LoadError, Message, RouteContext, Runtime, Transform, TransformFailure,
+};
+use passerelle::{amqp, service};
+use tokio_util::sync::CancellationToken;
+
+/// Exit codes a script can tell apart (documented in the README).
+mod exit {
+    pub const FAILED: u8 = 1;
+    pub const REJECT: u8 = 10;
+    pub const RETRY: u8 = 11;
+    pub const TRAP: u8 = 12;
+    pub const BAD_COMPONENT: u8 = 13;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "passerelle",
+    version,
+    about = "Keeps business systems in sync through RabbitMQ with sandboxed WebAssembly transforms"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one message body (read from stdin) through a component and print
+    /// the actions as JSON. Exit codes: 10 reject, 11 retry, 12 trap
+    /// (crash, time or memory limit), 13 not a valid component.
+    Transform(TransformArgs),
+    /// Check a component against the passerelle:transform world, or a whole
+    /// configuration file and the components it names, without connecting.
+    Check(CheckArgs),
+    /// Consume every route's queue and deliver, until SIGTERM or SIGINT.
+    Run(RunArgs),
+    /// Publish one message (body read from stdin) with publisher confirms.
+    Publish(PublishArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The configuration file.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    /// The configuration file (for the broker's address).
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(long)]
+    exchange: String,
+    #[arg(long, default_value = "")]
+    routing_key: String,
+    #[arg(long)]
+    message_id: Option<String>,
+    #[arg(long, default_value = "application/json")]
+    content_type: String,
+}
+
+#[derive(Args)]
+struct TransformArgs {
+    /// The component to run.
+    #[arg(long)]
+    component: PathBuf,
+    /// A route configuration value the transform can read (repeatable).
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    config: Vec<(String, String)>,
+    #[arg(long, default_value = "")]
+    routing_key: String,
+    /// A message header (repeatable).
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_pair)]
+    headers: Vec<(String, String)>,
+    #[arg(long, default_value = "application/json")]
+    content_type: String,
+    #[arg(long)]
+    message_id: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    attempt: u32,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+#[derive(Args)]
+struct LimitArgs {
+    /// Time the transform gets per message.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    time_limit: std::time::Duration,
+    /// Linear memory the transform gets per message.
+    #[arg(long, default_value = "32MiB")]
+    memory_limit: bytesize::ByteSize,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["component", "config"])))]
+struct CheckArgs {
+    /// The component to check.
+    #[arg(long)]
+    component: Option<PathBuf>,
+    /// The configuration file to check, with every route's component.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Transform(args) => transform(args).await,
+            Command::Check(args) => check(args),
+            Command::Run(args) => run(args).await,
+            Command::Publish(args) => publish(args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn transform(args: TransformArgs) -> anyhow::Result<u8> {
+    let runtime = Runtime::new()?;
+    let transform = match load_component(&runtime, &args.component)? {
+        Ok(transform) => transform,
+        Err(code) => return Ok(code),
+    };
+    let mut body = Vec::new();
+    std::io::stdin().read_to_end(&mut body)?;
+    let message = Message {
+        body,
+        content_type: Some(args.content_type),
+        routing_key: args.routing_key,
+        headers: args.headers,
+        message_id: args.message_id,
+        attempt: args.attempt,
+    };
+    let route = RouteContext {
+        route: "cli".into(),
+        config: Arc::new(args.config.into_iter().collect()),
+        limits: GuestLimits {
+            time: args.limits.time_limit,
+            memory: args.limits.memory_limit.as_u64() as usize,
+        },
+    };
+    match runtime.run(&transform, &route, &message).await {
+        Ok(actions) => {
+            println!("{}", serde_json::to_string_pretty(&actions)?);
+            Ok(0)
+        }
+        Err(failure) => {
+            let (kind, code) = match &failure {
+                TransformFailure::Reject(_) => ("reject", exit::REJECT),
+                TransformFailure::Retry(_) => ("retry", exit::RETRY),
+                TransformFailure::Trap(_) => ("trap", exit::TRAP),
+            };
+            eprintln!("{kind}: {}", failure.reason());
+            Ok(code)
+        }
+    }
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<u8> {
+    let runtime = Runtime::new()?;
+    if let Some(path) = args.config {
+        let config = Config::load(&path)?;
+        let pipelines = service::load_pipelines(&config, &runtime)?;
+        for pipeline in pipelines {
+            println!(
+                "ok: route {} ({} -> version {})",
+                pipeline.name,
+                pipeline.route.queue,
+                pipeline.transform.current().version
+            );
+        }
+        return Ok(0);
+    }
+    let Some(component) = args.component else {
+        unreachable!("clap requires --component or --config");
+    };
+    Ok(match load_component(&runtime, &component)? {
+        Ok(transform) => {
+            println!(
+                "ok: {} fits passerelle:transform@0.1.0 (version {})",
+                component.display(),
+                transform.version
+            );
+            0
+        }
+        Err(code) => code,
+    })
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let config = Config::load(&args.config)?;
+    let runtime = Runtime::new()?;
+    let pipelines = service::load_pipelines(&config, &runtime)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    service::run(&config, &pipelines, shutdown).await?;
+    tracing::info!("stopped");
+    Ok(0)
+}
+
+/// SIGTERM or SIGINT asks for a clean stop.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for signals");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutdown requested: finishing messages in flight");
+    shutdown.cancel();
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<u8> {
+    let config = Config::load(&args.config)?;
+    let mut body = Vec::new();
+    std::io::stdin().read_to_end(&mut body)?;
+    let connection =
+        std::sync::Arc::new(amqp::connect(&config.amqp.url, "passerelle-publish").await?);
+    let mut properties =
+        lapin::BasicProperties::default().with_content_type(args.content_type.as_str().into());
+    if let Some(id) = &args.message_id {
+        properties = properties.with_message_id(id.as_str().into());
+    }
+    amqp::Publisher::new(connection.clone())
+        .publish(&args.exchange, &args.routing_key, &body, properties)
+        .await?;
+    let _ = connection.close(200, "published".into()).await;
+    println!(
+        "published to {:?} with routing key {:?}",
+        args.exchange, args.routing_key
+    );
+    Ok(0)
+}
+
+/// Loads a component, or reports why it was refused and the exit code to use.
+fn load_component(runtime: &Runtime, path: &Path) -> anyhow::Result<Result<Transform, u8>> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("cannot read component {}: {e}", path.display()))?;
+    Ok(runtime.load(&bytes).map_err(|error: LoadError| {
+        eprintln!("refused: {}: {error}", path.display());
+        exit::BAD_COMPONENT
+    }))
+}

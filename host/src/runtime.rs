@@ -1,0 +1,390 @@
+//! The sandbox: compiles transform components, checks them against the
+//! `passerelle:transform` world, and runs one message through them.
+//!
+//! Every call gets a fresh instance (no state leaks between messages), a
+//! locked-down WASI (no files, environment, network or inherited stdio), a
+//! time limit (epoch interruption) and a memory limit. Whatever the guest
+//! does, the outcome is a [`TransformFailure`] for that message, never a
+//! failure of the host.
+
+mod guest;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use serde::{Deserialize, Serialize};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, Trap};
+
+use crate::version::Version;
+use guest::{GuestState, bindings};
+
+pub use guest::GuestLimits;
+
+/// How often the epoch advances: the granularity of time limits.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Compiles and runs transforms. One per process; cheap to share.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<GuestState>>,
+}
+
+/// A compiled component that fits the world, ready to instantiate.
+#[derive(Clone)]
+pub struct Transform {
+    pub version: Version,
+    pre: bindings::TransformPre<GuestState>,
+}
+
+/// Per-route values a transform runs with.
+#[derive(Debug, Clone, Default)]
+pub struct RouteContext {
+    /// Route name, for logs.
+    pub route: String,
+    /// The route's `config` values, read by the guest through `host.config`.
+    pub config: Arc<std::collections::BTreeMap<String, String>>,
+    pub limits: GuestLimits,
+}
+
+/// One message as the transform sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    #[serde(with = "text_bytes")]
+    pub body: Vec<u8>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+    #[serde(default)]
+    pub routing_key: String,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub message_id: Option<String>,
+    /// 1 on first delivery.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+/// What a transform asks the host to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Action {
+    Call {
+        endpoint: String,
+        operation: String,
+        /// One field per declared parameter.
+        args: serde_json::Map<String, serde_json::Value>,
+    },
+    Publish {
+        exchange: String,
+        routing_key: String,
+        #[serde(with = "text_bytes")]
+        body: Vec<u8>,
+        #[serde(default)]
+        headers: Vec<(String, String)>,
+    },
+}
+
+/// Why a transform produced no actions for a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "failure", content = "reason", rename_all = "lowercase")]
+pub enum TransformFailure {
+    /// The guest says the message can never succeed as it is.
+    #[error("rejected by the transform: {0}")]
+    Reject(String),
+    /// The guest says the message may succeed later.
+    #[error("the transform asks for a retry: {0}")]
+    Retry(String),
+    /// The guest crashed, ran out of time or memory, or broke the contract.
+    #[error("the transform failed: {0}")]
+    Trap(String),
+}
+
+impl TransformFailure {
+    /// Only an explicit `retry` is worth trying again: a trap or a reject
+    /// would fail the same way next time.
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, Self::Retry(_))
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Reject(r) | Self::Retry(r) | Self::Trap(r) => r,
+        }
+    }
+}
+
+/// Why a component was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    NotAComponent(String),
+    #[error("the component does not compile: {0}")]
+    Compile(String),
+    #[error("the component does not fit the passerelle:transform@0.1.0 world: {0}")]
+    WrongWorld(String),
+}
+
+impl Runtime {
+    /// Builds the engine and starts the epoch ticker that enforces time limits.
+    pub fn new() -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine =
+            Engine::new(&config).map_err(|e| anyhow!("creating the WebAssembly engine: {e:#}"))?;
+        spawn_epoch_ticker(&engine);
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow!("linking WASI: {e:#}"))?;
+        bindings::Transform::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| anyhow!("linking the host interface: {e:#}"))?;
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles a component and checks it against the world.
+    pub fn load(&self, bytes: &[u8]) -> Result<Transform, LoadError> {
+        ensure_component(bytes)?;
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        self.prepare(component, Version::of(bytes))
+    }
+
+    /// Checks an already compiled component against the world.
+    pub fn prepare(&self, component: Component, version: Version) -> Result<Transform, LoadError> {
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre = bindings::TransformPre::new(pre)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        Ok(Transform { version, pre })
+    }
+
+    /// Runs one message through a fresh instance of `transform`.
+    pub async fn run(
+        &self,
+        transform: &Transform,
+        route: &RouteContext,
+        message: &Message,
+    ) -> Result<Vec<Action>, TransformFailure> {
+        let limits = route.limits;
+        let state = GuestState::new(route, &transform.version);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.memory);
+        arm_time_limit(&mut store, limits.time);
+
+        let call = async {
+            let instance = transform.pre.instantiate_async(&mut store).await?;
+            instance
+                .call_transform(&mut store, &message.to_guest())
+                .await
+        };
+        // The epoch deadline stops guest code; this outer bound also stops a
+        // guest parked in a host call (a WASI sleep, say).
+        let outcome = tokio::time::timeout(limits.time + EPOCH_TICK * 10, call).await;
+        match outcome {
+            Err(_elapsed) => Err(time_limit_failure(limits.time)),
+            Ok(Ok(Ok(actions))) => actions.into_iter().map(Action::from_guest).collect(),
+            Ok(Ok(Err(failure))) => Err(TransformFailure::from_guest(failure)),
+            Ok(Err(trap)) => Err(describe_trap(&trap, store.data(), limits)),
+        }
+    }
+}
+
+/// Refuses bytes that are not a component before the compiler gives a
+/// less helpful message.
+fn ensure_component(bytes: &[u8]) -> Result<(), LoadError> {
+    const MAGIC: &[u8] = b"\0asm";
+    const COMPONENT_LAYER: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
+    const MODULE_LAYER: [u8; 4] = [0x01, 0x00, 0x00, 0x00];
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(LoadError::NotAComponent(
+            "not a WebAssembly file (no \\0asm header)".into(),
+        ));
+    }
+    match <[u8; 4]>::try_from(&bytes[4..8]).unwrap_or_default() {
+        COMPONENT_LAYER => Ok(()),
+        MODULE_LAYER => Err(LoadError::NotAComponent(
+            "a core WebAssembly module, not a component: build for wasm32-wasip2".into(),
+        )),
+        _ => Err(LoadError::NotAComponent(
+            "unknown WebAssembly version or layer".into(),
+        )),
+    }
+}
+
+/// A deadline callback every tick: guest code yields to the async runtime
+/// (so a busy guest never starves other messages) and is stopped once the
+/// limit has passed.
+fn arm_time_limit(store: &mut Store<GuestState>, limit: Duration) {
+    let started = Instant::now();
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if started.elapsed() >= limit {
+            Err(Trap::Interrupt.into())
+        } else {
+            Ok(wasmtime::UpdateDeadline::Yield(1))
+        }
+    });
+}
+
+fn spawn_epoch_ticker(engine: &Engine) {
+    // A weak handle: the ticker ends with the last user of the engine.
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("passerelle-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch ticker thread");
+}
+
+fn time_limit_failure(limit: Duration) -> TransformFailure {
+    TransformFailure::Trap(format!(
+        "exceeded its time limit of {}",
+        humantime::format_duration(limit)
+    ))
+}
+
+fn describe_trap(
+    error: &wasmtime::Error,
+    state: &GuestState,
+    limits: GuestLimits,
+) -> TransformFailure {
+    if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        return time_limit_failure(limits.time);
+    }
+    if state.memory.exceeded {
+        return TransformFailure::Trap(format!(
+            "exceeded its memory limit of {}",
+            bytesize::ByteSize(limits.memory as u64).display().iec()
+        ));
+    }
+    tracing::debug!("guest trap: {error:?}");
+    // The wasm backtrace in the error's chain means little to a reader of
+    // a dead letter; the trap itself and what the guest said before it do.
+    let trap = match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => error.to_string(),
+    };
+    match state.last_words() {
+        Some(words) => TransformFailure::Trap(format!("crashed ({trap}): {words}")),
+        None => TransformFailure::Trap(format!("crashed: {trap}")),
+    }
+}
+
+impl Message {
+    fn to_guest(&self) -> bindings::passerelle::transform::types::Message {
+        bindings::passerelle::transform::types::Message {
+            body: self.body.clone(),
+            content_type: self.content_type.clone(),
+            routing_key: self.routing_key.clone(),
+            headers: guest::headers_to_guest(&self.headers),
+            message_id: self.message_id.clone(),
+            attempt: self.attempt,
+        }
+    }
+}
+
+impl Action {
+    fn from_guest(
+        action: bindings::passerelle::transform::types::Action,
+    ) -> Result<Self, TransformFailure> {
+        use bindings::passerelle::transform::types::Action as Guest;
+        Ok(match action {
+            Guest::Call(call) => Action::Call {
+                args: parse_args(&call.endpoint, &call.operation, &call.args)?,
+                endpoint: call.endpoint,
+                operation: call.operation,
+            },
+            Guest::Publish(publish) => Action::Publish {
+                exchange: publish.exchange,
+                routing_key: publish.routing_key,
+                body: publish.body,
+                headers: guest::headers_from_guest(publish.headers),
+            },
+        })
+    }
+}
+
+/// The contract says `args` is a JSON object; anything else is the
+/// transform's bug, so the message cannot succeed as it is.
+fn parse_args(
+    endpoint: &str,
+    operation: &str,
+    args: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, TransformFailure> {
+    match serde_json::from_str(args) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err(TransformFailure::Reject(format!(
+            "call to {endpoint}.{operation}: args must be a JSON object, got {args}"
+        ))),
+        Err(e) => Err(TransformFailure::Reject(format!(
+            "call to {endpoint}.{operation}: args are not JSON ({e})"
+        ))),
+    }
+}
+
+impl TransformFailure {
+    fn from_guest(failure: bindings::passerelle::transform::types::Failure) -> Self {
+        use bindings::passerelle::transform::types::Failure as Guest;
+        match failure {
+            Guest::Reject(reason) => Self::Reject(reason),
+            Guest::Retry(reason) => Self::Retry(reason),
+        }
+    }
+}
+
+/// Message and publish bodies are shown as text in JSON (fixtures, CLI
+/// output): they are JSON documents in practice.
+mod text_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&String::from_utf8_lossy(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        Ok(String::deserialize(deserializer)?.into_bytes())
+    }
+}
+
+/// The transform a route currently runs. Swapping it is atomic: a message
+/// takes the current version once, at the start of each attempt, and
+/// finishes on it.
+pub struct TransformSlot(std::sync::RwLock<Arc<Transform>>);
+
+impl TransformSlot {
+    pub fn new(transform: Transform) -> Self {
+        Self(std::sync::RwLock::new(Arc::new(transform)))
+    }
+
+    pub fn current(&self) -> Arc<Transform> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Installs `transform` and returns the one it replaced.
+    pub fn swap(&self, transform: Transform) -> Arc<Transform> {
+        let mut slot = self.0.write().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *slot, Arc::new(transform))
+    }
+}

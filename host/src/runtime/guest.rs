@@ -1,0 +1,197 @@
+//! What one guest instance lives in: its store data, the host interface it
+//! imports (log, config) and the memory cap.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::RouteContext;
+use crate::version::Version;
+
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "transform",
+        imports: { default: trappable },
+        exports: { default: async },
+    });
+}
+
+use bindings::passerelle::transform::{host, types};
+
+/// Guest log lines longer than this are cut: a guest must not flood the log.
+const MAX_LOG_LINE: usize = 4096;
+/// Log lines a guest may write per message; later ones are dropped.
+const MAX_LOG_LINES: u32 = 100;
+/// What a guest may write to stderr (read back only to report a panic).
+const STDERR_CAPACITY: usize = 16 * 1024;
+
+/// Time and memory a transform gets per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLimits {
+    pub time: Duration,
+    /// Bytes of linear memory.
+    pub memory: usize,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        Self {
+            time: Duration::from_millis(50),
+            memory: 32 << 20,
+        }
+    }
+}
+
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    stderr: MemoryOutputPipe,
+    pub memory: MemoryCap,
+    route: String,
+    version: String,
+    config: Arc<BTreeMap<String, String>>,
+    log_lines: u32,
+    last_error_log: Option<String>,
+}
+
+impl GuestState {
+    pub fn new(route: &RouteContext, version: &Version) -> Self {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        // Nothing is granted: no preopens, no env, no args, no sockets, no stdin.
+        let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            stderr,
+            memory: MemoryCap::new(route.limits.memory),
+            route: route.route.clone(),
+            version: version.to_string(),
+            config: route.config.clone(),
+            log_lines: 0,
+            last_error_log: None,
+        }
+    }
+
+    /// What the guest said last before a crash: its last error log (the
+    /// SDK logs panics there) or else what it wrote to stderr (Rust's
+    /// default panic hook writes there).
+    pub fn last_words(&self) -> Option<String> {
+        if let Some(line) = &self.last_error_log {
+            return Some(line.clone());
+        }
+        let bytes = self.stderr.contents();
+        let text = String::from_utf8_lossy(&bytes);
+        let text = text.trim();
+        (!text.is_empty()).then(|| truncate(text, MAX_LOG_LINE).to_string())
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for GuestState {}
+
+impl host::Host for GuestState {
+    fn log(&mut self, level: host::Level, message: String) -> wasmtime::Result<()> {
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES {
+            return Ok(());
+        }
+        let message = truncate(&message, MAX_LOG_LINE);
+        if level == host::Level::Error {
+            self.last_error_log = Some(message.to_string());
+        }
+        let (route, version) = (self.route.as_str(), self.version.as_str());
+        match level {
+            host::Level::Trace => tracing::trace!(route, version, "guest: {message}"),
+            host::Level::Debug => tracing::debug!(route, version, "guest: {message}"),
+            host::Level::Info => tracing::info!(route, version, "guest: {message}"),
+            host::Level::Warn => tracing::warn!(route, version, "guest: {message}"),
+            host::Level::Error => tracing::error!(route, version, "guest: {message}"),
+        }
+        Ok(())
+    }
+
+    fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.config.get(&key).cloned())
+    }
+}
+
+/// Refuses memory growth past the route's limit and remembers that it did,
+/// so the resulting trap can be reported as "out of memory".
+pub struct MemoryCap {
+    limit: usize,
+    pub exceeded: bool,
+}
+
+impl MemoryCap {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            exceeded: false,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            // An error traps at once; returning false would let the guest's
+            // allocator see a failed grow and abort less clearly.
+            wasmtime::bail!("memory limit of {} bytes reached", self.limit);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        const MAX_TABLE_ELEMENTS: usize = 100_000;
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+pub fn headers_to_guest(headers: &[(String, String)]) -> Vec<types::Header> {
+    headers
+        .iter()
+        .map(|(name, value)| types::Header {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+pub fn headers_from_guest(headers: Vec<types::Header>) -> Vec<(String, String)> {
+    headers.into_iter().map(|h| (h.name, h.value)).collect()
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}

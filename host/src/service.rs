@@ -1,0 +1,215 @@
+//! `passerelle run`: loads every route's transform, connects, declares the
+//! topology and consumes each route's queue with its own concurrency. A
+//! lost connection is re-established with backoff (unacked messages are
+//! redelivered by the broker); a shutdown stops consuming and lets the
+//! messages in flight finish, within a bound.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use futures_util::StreamExt as _;
+use lapin::Connection;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::{self, Publisher};
+use crate::config::Config;
+use crate::delivery::Http;
+use crate::pipeline::Pipeline;
+use crate::runtime::{Runtime, TransformSlot};
+
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+
+/// Loads each route's component; a bad one refuses the start, naming the
+/// route and the file.
+pub fn load_pipelines(config: &Config, runtime: &Runtime) -> anyhow::Result<Vec<Arc<Pipeline>>> {
+    let http = Arc::new(Http::new(&config.endpoints)?);
+    config
+        .routes
+        .iter()
+        .map(|(name, route)| {
+            let file = route.transform.display();
+            let bytes = std::fs::read(&route.transform)
+                .with_context(|| format!("route {name}: reading transform {file}"))?;
+            let transform = runtime
+                .load(&bytes)
+                .map_err(|e| anyhow!("route {name}: transform {file} refused: {e}"))?;
+            tracing::info!(route = %name, version = %transform.version, "loaded transform {file}");
+            let slot = Arc::new(TransformSlot::new(transform));
+            Ok(Arc::new(Pipeline::new(
+                name,
+                route,
+                slot,
+                runtime.clone(),
+                http.clone(),
+            )))
+        })
+        .collect()
+}
+
+/// Serves until `shutdown` is cancelled, reconnecting whenever the broker
+/// connection is lost. The first connection's topology errors (a queue
+/// declared elsewhere with other settings, say) refuse the start.
+pub async fn run(
+    config: &Config,
+    pipelines: &[Arc<Pipeline>],
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut delay = Duration::from_secs(1);
+    let mut first = true;
+    loop {
+        let connection = match amqp::connect(&config.amqp.url, "passerelle").await {
+            Ok(connection) => Arc::new(connection),
+            Err(error) if first => return Err(error),
+            Err(error) => {
+                tracing::warn!("{error:#}; retrying in {delay:?}");
+                if wait_or_shutdown(delay, &shutdown).await {
+                    return Ok(());
+                }
+                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                continue;
+            }
+        };
+        if let Err(error) = declare_all(&connection, config).await {
+            if first {
+                return Err(error);
+            }
+            tracing::warn!("{error:#}");
+            continue;
+        }
+        first = false;
+        delay = Duration::from_secs(1);
+        tracing::info!(
+            "connected to the broker; consuming {} route(s)",
+            pipelines.len()
+        );
+        match serve(&connection, config, pipelines, &shutdown).await {
+            Ok(()) => {
+                let _ = connection.close(200, "shutting down".into()).await;
+                return Ok(());
+            }
+            Err(error) => tracing::warn!("connection lost, reconnecting: {error:#}"),
+        }
+        if wait_or_shutdown(delay, &shutdown).await {
+            return Ok(());
+        }
+    }
+}
+
+/// Sleeps, or returns true at once when a shutdown is requested.
+async fn wait_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = shutdown.cancelled() => true,
+    }
+}
+
+async fn declare_all(connection: &Connection, config: &Config) -> anyhow::Result<()> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a channel")?;
+    for (name, route) in &config.routes {
+        amqp::declare_topology(&channel, name, route).await?;
+    }
+    let _ = channel.close(200, "topology declared".into()).await;
+    Ok(())
+}
+
+/// Runs one consumer per route; returns Ok after a clean shutdown, or the
+/// first consumer's error (the connection is then abandoned).
+async fn serve(
+    connection: &Arc<Connection>,
+    config: &Config,
+    pipelines: &[Arc<Pipeline>],
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut consumers = JoinSet::new();
+    for pipeline in pipelines {
+        let consumer = consume(
+            connection.clone(),
+            pipeline.clone(),
+            shutdown.clone(),
+            config.amqp.shutdown_grace,
+        );
+        consumers.spawn(consumer);
+    }
+    while let Some(joined) = consumers.join_next().await {
+        joined.context("a consumer task panicked")??;
+    }
+    Ok(())
+}
+
+/// Consumes one route's queue, handling up to `concurrency` messages at once.
+async fn consume(
+    connection: Arc<Connection>,
+    pipeline: Arc<Pipeline>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let route = &pipeline.route;
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a channel")?;
+    channel
+        .basic_qos(route.prefetch(), BasicQosOptions::default())
+        .await
+        .context("setting the prefetch")?;
+    let tag = format!("passerelle-{}-{}", pipeline.name, std::process::id());
+    let mut deliveries = channel
+        .basic_consume(
+            route.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("route {}: consuming {}", pipeline.name, route.queue))?;
+    let publisher = Publisher::new(connection.clone());
+    let slots = Arc::new(Semaphore::new(usize::from(route.concurrency)));
+    let mut in_flight = JoinSet::new();
+    loop {
+        while in_flight.try_join_next().is_some() {}
+        let delivery = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = deliveries.next() => match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => return Err(error).context(format!("route {}: consumer", pipeline.name)),
+                None => return Err(anyhow!("route {}: the broker cancelled the consumer", pipeline.name)),
+            },
+        };
+        let slot = slots.clone().acquire_owned().await?;
+        let (pipeline, publisher) = (pipeline.clone(), publisher.clone());
+        in_flight.spawn(async move {
+            pipeline.handle(delivery, &publisher).await;
+            drop(slot);
+        });
+    }
+    let _ = channel
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await;
+    drain(&pipeline.name, in_flight, grace).await;
+    Ok(())
+}
+
+/// Lets the messages in flight finish, up to `grace`; the rest stay
+/// unacked and the broker redelivers them.
+async fn drain(route: &str, mut in_flight: JoinSet<()>, grace: Duration) {
+    let finished = tokio::time::timeout(grace, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            route,
+            "{} message(s) still in flight after {grace:?}; the broker will redeliver them",
+            in_flight.len()
+        );
+        in_flight.abort_all();
+    }
+}
