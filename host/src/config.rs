@@ -265,25 +265,28 @@ impl Config {
 
     /// Parses configuration text; `file` names it in errors.
     pub fn parse(text: &str, file: &str, base: &Path) -> Result<Self, ConfigError> {
-        let error = |key: String, problem: String| ConfigError {
+        let mut substituted = env::Substitutions::default();
+        // Values from the environment may be secrets: errors show the
+        // `${NAME}` they came from instead.
+        let error = |substituted: &env::Substitutions, key: String, problem: String| ConfigError {
             file: file.to_string(),
             key,
-            problem,
+            problem: substituted.hide_in(&problem),
         };
         let mut tree: serde_json::Value = serde_saphyr::from_str(text)
-            .map_err(|e| error("(syntax)".into(), format!("not valid YAML: {e}")))?;
-        env::interpolate(&mut tree, &mut Vec::new())
-            .map_err(|(key, problem)| error(key, problem))?;
+            .map_err(|e| error(&substituted, "(syntax)".into(), format!("not valid YAML: {e}")))?;
+        env::interpolate(&mut tree, &mut Vec::new(), &mut substituted)
+            .map_err(|(key, problem)| error(&substituted, key, problem))?;
         let raw: RawConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
-            error(key, e.into_inner().to_string())
+            error(&substituted, key, e.into_inner().to_string())
         })?;
         let mut config = Config {
             amqp: raw.amqp,
             endpoints: raw.endpoints,
             routes: raw.routes,
         };
-        validate::check(&mut config, base).map_err(|(key, problem)| error(key, problem))?;
+        validate::check(&mut config, base).map_err(|(key, problem)| error(&substituted, key, problem))?;
         Ok(config)
     }
 }

@@ -15,7 +15,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use crate::config::Endpoint;
 use crate::version::Version;
 use auth::Authenticator;
-pub use request::{Request, build_request};
+pub use request::{Request, UNRESERVED, build_request};
 
 /// Header carrying the key that makes a retried call safe to repeat.
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";

@@ -297,7 +297,7 @@ pub fn message_of(delivery: &Delivery) -> Message {
 /// action, so the target can drop repeats.
 pub fn idempotency_key(route: &str, message: &Message, action_index: usize) -> String {
     let id = match &message.message_id {
-        Some(id) => percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
+        Some(id) => percent_encoding::utf8_percent_encode(id, crate::delivery::UNRESERVED)
             .to_string(),
         // Without an id, the content is the identity.
         None => format!("sha256-{}", Version::of(&message.body)),
@@ -339,6 +339,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(idempotency_key("r", &message, 1), "r:gg%2011:1");
+        let with_colon = Message {
+            message_id: Some("a-b:c".into()),
+            ..Default::default()
+        };
+        assert_eq!(idempotency_key("r", &with_colon, 0), "r:a-b%3Ac:0");
         let anonymous = Message {
             body: b"{}".to_vec(),
             ..Default::default()

@@ -62,7 +62,9 @@ pub async fn run(
     let mut delay = Duration::from_secs(1);
     let mut first = true;
     loop {
-        let connection = match amqp::connect(&config.amqp.url, "passerelle").await {
+        // The pid tells an operator (and a test) which host a connection is.
+        let name = format!("passerelle pid {}", std::process::id());
+        let connection = match amqp::connect(&config.amqp.url, &name).await {
             Ok(connection) => Arc::new(connection),
             Err(error) if first => return Err(error),
             Err(error) => {

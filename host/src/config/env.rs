@@ -5,30 +5,58 @@
 use serde_json::Value;
 
 /// Replaces references in every string of `tree`. On error, returns the key
-/// path and the problem (naming the variable, never its value).
-pub fn interpolate(tree: &mut Value, path: &mut Vec<String>) -> Result<(), (String, String)> {
+/// path and the problem (naming the variable, never its value). Remembers
+/// what it substituted, so that later errors can hide those values.
+pub fn interpolate(
+    tree: &mut Value,
+    path: &mut Vec<String>,
+    substituted: &mut Substitutions,
+) -> Result<(), (String, String)> {
     match tree {
         Value::String(text) => {
-            *text = expand(text, |name| std::env::var(name).ok())
-                .map_err(|problem| (key_path(path), problem))?;
+            let lookup = |name: &str| {
+                let value = std::env::var(name).ok()?;
+                substituted.0.push((name.to_string(), value.clone()));
+                Some(value)
+            };
+            *text = expand(text, lookup).map_err(|problem| (key_path(path), problem))?;
         }
         Value::Array(items) => {
             for (index, item) in items.iter_mut().enumerate() {
                 path.push(format!("[{index}]"));
-                interpolate(item, path)?;
+                interpolate(item, path, substituted)?;
                 path.pop();
             }
         }
         Value::Object(map) => {
             for (key, value) in map.iter_mut() {
                 path.push(key.clone());
-                interpolate(value, path)?;
+                interpolate(value, path, substituted)?;
                 path.pop();
             }
         }
         _ => {}
     }
     Ok(())
+}
+
+/// Environment values put into the file: any of them may be a secret.
+#[derive(Default)]
+pub struct Substitutions(Vec<(String, String)>);
+
+impl Substitutions {
+    /// Writes `${NAME}` back in place of every substituted value.
+    pub fn hide_in(&self, text: &str) -> String {
+        // Very short values would mask unrelated text; they are no secret.
+        const SHORTEST_HIDDEN: usize = 3;
+        let mut text = text.to_string();
+        for (name, value) in &self.0 {
+            if value.len() >= SHORTEST_HIDDEN {
+                text = text.replace(value.as_str(), &format!("${{{name}}}"));
+            }
+        }
+        text
+    }
 }
 
 /// `["routes", "a", "bindings", "[0]"]` reads `routes.a.bindings[0]`.
@@ -44,7 +72,7 @@ fn key_path(segments: &[String]) -> String {
 }
 
 /// Expands `${NAME}`, `${NAME:-default}` and `$$` in one string.
-pub fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn expand(text: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find('$') {
@@ -57,7 +85,7 @@ pub fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
             let end = body
                 .find('}')
                 .ok_or_else(|| "unterminated ${...} reference".to_string())?;
-            out.push_str(&resolve(&body[..end], &lookup)?);
+            out.push_str(&resolve(&body[..end], &mut lookup)?);
             rest = &body[end + 1..];
         } else {
             out.push('$');
@@ -68,7 +96,7 @@ pub fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
     Ok(out)
 }
 
-fn resolve(reference: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
+fn resolve(reference: &str, lookup: &mut impl FnMut(&str) -> Option<String>) -> Result<String, String> {
     let (name, default) = match reference.split_once(":-") {
         Some((name, default)) => (name, Some(default)),
         None => (reference, None),
@@ -91,6 +119,15 @@ mod tests {
 
     fn env(name: &str) -> Option<String> {
         (name == "USER_PASS").then(|| "s3cret".to_string())
+    }
+
+    #[test]
+    fn substituted_values_are_hidden_again() {
+        let mut tree = serde_json::json!({"url": "amqp://u:${PATH}@h"});
+        let mut substituted = Substitutions::default();
+        interpolate(&mut tree, &mut Vec::new(), &mut substituted).unwrap();
+        let path = std::env::var("PATH").unwrap();
+        assert_eq!(substituted.hide_in(&format!("bad {path}!")), "bad ${PATH}!");
     }
 
     #[test]
@@ -118,7 +155,7 @@ mod tests {
     fn errors_carry_the_key_path() {
         let mut tree =
             serde_json::json!({"routes": {"a": {"bindings": [{"exchange": "${NOPE_X}"}]}}});
-        let (key, problem) = interpolate(&mut tree, &mut Vec::new()).unwrap_err();
+        let (key, problem) = interpolate(&mut tree, &mut Vec::new(), &mut Substitutions::default()).unwrap_err();
         assert_eq!(key, "routes.a.bindings[0].exchange");
         assert!(problem.contains("NOPE_X"));
     }

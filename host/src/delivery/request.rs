@@ -7,8 +7,8 @@ use serde_json::{Map, Value};
 use crate::config::{HttpMethod, Location, Operation};
 
 /// Everything but the unreserved characters of RFC 3986 is encoded, so a
-/// value can never add a path segment or a query.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+/// value can never add a path segment, a query or a separator of ours.
+pub const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
@@ -42,7 +42,7 @@ pub fn build_request(
         match parameter.location {
             Location::Uri => {
                 let text = scalar(name, value)?;
-                let encoded = utf8_percent_encode(&text, PATH_SEGMENT).to_string();
+                let encoded = utf8_percent_encode(&text, UNRESERVED).to_string();
                 path = path.replace(&format!("{{{name}}}"), &encoded);
             }
             Location::Query => query.push((name.clone(), scalar(name, value)?)),

@@ -1,0 +1,548 @@
+//! What the end-to-end tests share: the real components built from this
+//! repository, the real broker (with names unique to each test, deleted
+//! afterwards), a real HTTP server that records what it receives and
+//! answers as told, and the real `passerelle` binary as a child process.
+#![allow(dead_code)] // each test file uses its own part of this
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A shipped transform, as built by scripts/build-transforms.
+pub fn transform(name: &str) -> PathBuf {
+    built("transforms", name)
+}
+
+/// A hostile guest kept for tests.
+pub fn fixture(name: &str) -> PathBuf {
+    built("fixtures", name)
+}
+
+fn built(kind: &str, name: &str) -> PathBuf {
+    let path = repo().join("build").join(kind).join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/build-transforms first",
+        path.display()
+    );
+    path
+}
+
+pub fn passerelle() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_passerelle"))
+}
+
+/// A suffix that keeps this test's broker objects apart from every other.
+pub fn unique_suffix() -> String {
+    format!("{}-{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+pub fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+}
+
+/// Polls `check` until it returns Some, or panics after `timeout`.
+pub async fn eventually<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The real RabbitMQ. Queues and exchanges named through it are deleted
+/// when it is dropped, even when the test fails.
+pub struct Broker {
+    connection: Connection,
+    pub channel: Channel,
+    suffix: String,
+    queues: Mutex<Vec<String>>,
+    exchanges: Mutex<Vec<String>>,
+}
+
+impl Broker {
+    pub async fn connect() -> Self {
+        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("RabbitMQ is not reachable at 127.0.0.1:5672 ({e}): start it with `rabbitmq-server -detached`")
+            });
+        let channel = connection.create_channel().await.unwrap();
+        Self {
+            connection,
+            channel,
+            suffix: unique_suffix(),
+            queues: Mutex::default(),
+            exchanges: Mutex::default(),
+        }
+    }
+
+    /// A queue name for this test; it and its dead-letter queue are deleted afterwards.
+    pub fn queue(&self, base: &str) -> String {
+        let name = format!("{base}.{}", self.suffix);
+        let mut queues = self.queues.lock().unwrap();
+        queues.push(name.clone());
+        queues.push(format!("{name}.dead"));
+        name
+    }
+
+    /// Another queue to delete afterwards (one the host declares for a route).
+    pub fn also_delete_queue(&self, name: &str) {
+        self.queues.lock().unwrap().push(name.to_string());
+    }
+
+    pub fn exchange(&self, base: &str) -> String {
+        let name = format!("{base}.{}", self.suffix);
+        self.exchanges.lock().unwrap().push(name.clone());
+        name
+    }
+
+    pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8], message_id: Option<&str>) {
+        let mut properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        if let Some(id) = message_id {
+            properties = properties.with_message_id(id.into());
+        }
+        self.channel
+            .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, properties)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// Declares a durable queue the way the host does (for tests that
+    /// publish before the host starts).
+    pub async fn declare_queue(&self, name: &str) {
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        self.channel
+            .queue_declare(name.into(), options, FieldTable::default())
+            .await
+            .unwrap();
+    }
+
+    async fn passive(&self, queue: &str) -> Option<lapin::Queue> {
+        // A passive declare of a missing queue closes the channel: use a
+        // throwaway one.
+        let channel = self.connection.create_channel().await.unwrap();
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let queue = channel.queue_declare(queue.into(), options, FieldTable::default()).await.ok();
+        let _ = channel.close(200, "".into()).await;
+        queue
+    }
+
+    pub async fn exists(&self, queue: &str) -> bool {
+        self.passive(queue).await.is_some()
+    }
+
+    pub async fn depth(&self, queue: &str) -> u32 {
+        self.passive(queue).await.map_or(0, |q| q.message_count())
+    }
+
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        self.passive(queue).await.map_or(0, |q| q.consumer_count())
+    }
+
+    pub async fn wait_for_consumers(&self, queue: &str, count: u32) {
+        eventually(&format!("{count} consumer(s) on {queue}"), Duration::from_secs(60), async || {
+            (self.consumers(queue).await >= count).then_some(())
+        })
+        .await;
+    }
+
+    /// Takes every message from a queue (acking them).
+    pub async fn drain(&self, queue: &str) -> Vec<Taken> {
+        let mut taken = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let headers = message
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .map(header_texts)
+                .unwrap_or_default();
+            taken.push(Taken {
+                body: message.delivery.data.clone(),
+                headers,
+            });
+        }
+        taken
+    }
+}
+
+/// A message taken from a queue, its headers as text.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub body: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+fn header_texts(table: &FieldTable) -> BTreeMap<String, String> {
+    table
+        .inner()
+        .iter()
+        .map(|(name, value)| {
+            let text = match value {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                other => format!("{other:?}"),
+            };
+            (name.to_string(), text)
+        })
+        .collect()
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let queues = std::mem::take(&mut *self.queues.lock().unwrap());
+        let exchanges = std::mem::take(&mut *self.exchanges.lock().unwrap());
+        // Drop cannot await: delete from a thread with its own runtime.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let Ok(connection) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await else {
+                    return;
+                };
+                let Ok(channel) = connection.create_channel().await else {
+                    return;
+                };
+                for queue in queues {
+                    let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+                }
+                for exchange in exchanges {
+                    let _ = channel.exchange_delete(exchange.as_str().into(), Default::default()).await;
+                }
+                let _ = connection.close(200, "".into()).await;
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
+/// One request as the test server received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    /// Header names in lower case.
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+}
+
+/// How the test server answers one request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// How long to wait before answering.
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: String::new(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn with_body(mut self, body: &str) -> Self {
+        self.body = body.into();
+        self
+    }
+}
+
+#[derive(Default)]
+struct ServerState {
+    received: Vec<Received>,
+    /// Answers for the next requests, in order; then `default`.
+    script: VecDeque<Reply>,
+    default: Option<Reply>,
+    tokens_issued: u32,
+}
+
+/// A real HTTP server on a free local port. It records every request and
+/// answers 200 unless told otherwise. `POST /oauth/token` issues OAuth2
+/// client-credentials tokens `token-1`, `token-2`, …
+#[derive(Clone)]
+pub struct HttpServer {
+    pub port: u16,
+    state: Arc<Mutex<ServerState>>,
+}
+
+impl HttpServer {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(ServerState::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new().fallback(record).with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { port, state }
+    }
+
+    /// A base URL ending in `/`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+
+    pub fn reply_next(&self, reply: Reply) {
+        self.state.lock().unwrap().script.push_back(reply);
+    }
+
+    pub fn reply_always(&self, reply: Option<Reply>) {
+        self.state.lock().unwrap().default = reply;
+    }
+
+    /// Requests received, OAuth token requests included.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Requests received except OAuth token requests.
+    pub fn calls(&self) -> Vec<Received> {
+        self.received().into_iter().filter(|r| r.uri != "/oauth/token").collect()
+    }
+
+    pub fn tokens_issued(&self) -> u32 {
+        self.state.lock().unwrap().tokens_issued
+    }
+
+    pub async fn wait_for_calls(&self, count: usize, timeout: Duration) -> Vec<Received> {
+        eventually(&format!("{count} HTTP call(s)"), timeout, async || {
+            let calls = self.calls();
+            (calls.len() >= count).then_some(calls)
+        })
+        .await
+    }
+}
+
+async fn record(
+    axum::extract::State(state): axum::extract::State<Arc<Mutex<ServerState>>>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap().to_vec();
+    let received = Received {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect(),
+        body,
+        at: Instant::now(),
+    };
+    let reply = next_reply(&mut state.lock().unwrap(), received);
+    tokio::time::sleep(reply.delay).await;
+    let mut response = axum::response::Response::builder().status(reply.status);
+    for (name, value) in &reply.headers {
+        response = response.header(name, value);
+    }
+    response.body(axum::body::Body::from(reply.body)).unwrap()
+}
+
+fn next_reply(state: &mut ServerState, received: Received) -> Reply {
+    let is_token_request = received.uri == "/oauth/token";
+    state.received.push(received);
+    if is_token_request {
+        state.tokens_issued += 1;
+        let token = format!(r#"{{"access_token": "token-{}", "expires_in": 3600}}"#, state.tokens_issued);
+        return Reply::status(200).with_body(&token).with_header("content-type", "application/json");
+    }
+    let scripted = state.script.pop_front();
+    scripted.or_else(|| state.default.clone()).unwrap_or(Reply::status(200))
+}
+
+/// A running `passerelle run`, its log in a file; killed when dropped.
+pub struct Host {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Host {
+    pub fn start(config: &Path) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
+        let log = config.with_extension(format!("{:08x}.log", rand::random::<u32>()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = passerelle()
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "passerelle=debug")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("starting passerelle run");
+        Self { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "passerelle did not stop on SIGTERM:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// A temporary folder with a configuration file in it.
+pub struct ConfigDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl ConfigDir {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn write(&self, name: &str, yaml: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+}
+
+/// The shop endpoint as the design doc declares it, against `server`.
+pub fn shop_endpoint(server: &HttpServer) -> String {
+    format!(
+        r#"
+  shop:
+    base_url: {base}
+    auth: {{ bearer: {{ token_env: TEST_SHOP_TOKEN }} }}
+    timeout: 2s
+    operations:
+      upsertBusiness:
+        method: PUT
+        uri: businesses/{{crmId}}
+        parameters:
+          crmId: {{ location: uri, required: true }}
+          business: {{ location: json }}
+          status: {{ location: json }}
+          country: {{ location: json }}
+"#,
+        base = server.url("api/")
+    )
+}
+
+/// The CRM endpoint with OAuth2 client credentials against `server`.
+pub fn salesforce_endpoint(server: &HttpServer) -> String {
+    format!(
+        r#"
+  salesforce:
+    base_url: {base}
+    auth:
+      oauth2_client_credentials:
+        token_url: {token}
+        client_id_env: TEST_CRM_CLIENT_ID
+        client_secret_env: TEST_CRM_CLIENT_SECRET
+    timeout: 2s
+    operations:
+      updateAccount:
+        method: PATCH
+        uri: sobjects/Account/{{accountId}}
+        parameters:
+          accountId: {{ location: uri, required: true }}
+          Name: {{ location: json }}
+          Status__c: {{ location: json }}
+          Country__c: {{ location: json }}
+"#,
+        base = server.url("services/data/v60.0/"),
+        token = server.url("oauth/token"),
+    )
+}
+
+/// Environment the endpoint snippets above read their secrets from.
+pub const TEST_SECRETS: &[(&str, &str)] = &[
+    ("TEST_SHOP_TOKEN", "shop-secret-token"),
+    ("TEST_CRM_CLIENT_ID", "crm-client"),
+    ("TEST_CRM_CLIENT_SECRET", "crm-client-secret"),
+];
+
+pub const CRM_ACCOUNT: &str =
+    r#"{"Id": "gg-11", "Name": "Eleven Labs", "Status__c": "CLIENT_ACTIVE", "Country__c": "FR"}"#;
+pub const SHOP_BUSINESS: &str =
+    r#"{"crmId": "gg-11", "business": {"name": "Eleven Labs"}, "status": 70, "country": {"id": 76}}"#;
