@@ -4,127 +4,14 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{
-    Broker, CRM_ACCOUNT, ConfigDir, Host, HttpServer, Reply, SHOP_BUSINESS, TEST_SECRETS, eventually,
-    salesforce_endpoint, shop_endpoint, transform,
-};
+use support::{CRM_ACCOUNT, Deployment as Setup, Reply, SHOP_BUSINESS, eventually, transform};
 
-/// Names and files of one test's deployment.
-struct Setup {
-    broker: Broker,
-    server: HttpServer,
-    config_dir: ConfigDir,
-    crm_exchange: String,
-    crm_queue: String,
-    shop_exchange: String,
-    shop_queue: String,
-}
-
-impl Setup {
-    async fn new() -> Self {
-        let broker = Broker::connect().await;
-        Self {
-            server: HttpServer::start().await,
-            config_dir: ConfigDir::new(),
-            crm_exchange: broker.exchange("crm.events"),
-            crm_queue: broker.queue("crm.account.changed"),
-            shop_exchange: broker.exchange("shop.events"),
-            shop_queue: broker.queue("shop.business.changed"),
-            broker,
-        }
-    }
-
-    /// Both shipped routes; `crm_route_extra` is added to crm-to-shop.
-    fn config(&self, crm_route_extra: &str) -> PathBuf {
-        let yaml = format!(
-            r#"
-amqp:
-  url: {amqp}
-  shutdown_grace: 20s
-endpoints:
-{shop}
-{salesforce}
-routes:
-  crm-to-shop:
-    queue: {crm_queue}
-    bindings: [{{ exchange: {crm_exchange}, routing_key: "account.*" }}]
-    transform: {crm_wasm}
-    endpoints: [shop]
-    concurrency: 16
-    retry: {{ immediate: 1, backoff: 10ms }}
-{crm_route_extra}
-  shop-to-crm:
-    queue: {shop_queue}
-    bindings: [{{ exchange: {shop_exchange}, routing_key: "business.*" }}]
-    transform: {shop_wasm}
-    endpoints: [salesforce]
-"#,
-            amqp = support::AMQP_URL,
-            shop = shop_endpoint(&self.server),
-            salesforce = salesforce_endpoint(&self.server),
-            crm_queue = self.crm_queue,
-            crm_exchange = self.crm_exchange,
-            crm_wasm = transform("crm-to-shop").display(),
-            shop_queue = self.shop_queue,
-            shop_exchange = self.shop_exchange,
-            shop_wasm = transform("shop-to-crm").display(),
-        );
-        self.config_dir.write("passerelle.yaml", &yaml)
-    }
-
-    async fn start_host(&self, config: &std::path::Path) -> Host {
-        let host = Host::start_with_env(config, TEST_SECRETS);
-        self.broker.wait_for_consumers(&self.crm_queue, 1).await;
-        self.broker.wait_for_consumers(&self.shop_queue, 1).await;
-        host
-    }
-
-    async fn publish_accounts(&self, ids: impl Iterator<Item = usize>) {
-        for n in ids {
-            let body = CRM_ACCOUNT.replace("gg-11", &format!("gg-{n}"));
-            let id = format!("msg-{n}");
-            self.broker
-                .publish(&self.crm_exchange, "account.updated", body.as_bytes(), Some(&id))
-                .await;
-        }
-    }
-
-    /// How many times each account reached the shop.
-    fn deliveries_per_account(&self) -> BTreeMap<String, usize> {
-        let mut counts = BTreeMap::new();
-        for call in self.server.calls() {
-            let id = call.uri.rsplit('/').next().unwrap().to_string();
-            *counts.entry(id).or_insert(0) += 1;
-        }
-        counts
-    }
-
-    async fn wait_until_every_account_arrives(&self, total: usize, host: &Host) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(180);
-        while self.deliveries_per_account().len() < total {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "only {} of {total} accounts arrived; host log:\n{}",
-                self.deliveries_per_account().len(),
-                host.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn wait_until_queue_is_empty(&self, queue: &str) {
-        eventually(&format!("{queue} to be empty"), Duration::from_secs(60), async || {
-            (self.broker.depth(queue).await == 0).then_some(())
-        })
-        .await;
-    }
-}
+/// Quick in-process retries keep failing tests short.
+const QUICK_RETRY: &str = "    retry: { immediate: 1, backoff: 10ms }";
 
 fn version_of(name: &str) -> String {
     passerelle::version::Version::of(&std::fs::read(transform(name)).unwrap()).to_string()
@@ -133,19 +20,39 @@ fn version_of(name: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn both_directions_reach_their_target_exactly_as_declared() {
     let setup = Setup::new().await;
-    let config = setup.config("");
+    let config = setup.config(QUICK_RETRY, "");
     let mut host = setup.start_host(&config).await;
 
     setup
         .broker
-        .publish(&setup.crm_exchange, "account.updated", CRM_ACCOUNT.as_bytes(), Some("crm-msg-1"))
+        .publish(
+            &setup.crm_exchange,
+            "account.updated",
+            CRM_ACCOUNT.as_bytes(),
+            Some("crm-msg-1"),
+        )
         .await;
-    let calls = setup.server.wait_for_calls(1, Duration::from_secs(30)).await;
+    let calls = setup
+        .server
+        .wait_for_calls(1, Duration::from_secs(30))
+        .await;
     let shop = &calls[0];
-    assert_eq!((shop.method.as_str(), shop.uri.as_str()), ("PUT", "/api/businesses/gg-11"));
-    assert_eq!(shop.header("authorization"), Some("Bearer shop-secret-token"));
-    assert_eq!(shop.header("idempotency-key"), Some("crm-to-shop:crm-msg-1:0"));
-    assert_eq!(shop.header("x-passerelle-transform-version"), Some(version_of("crm-to-shop").as_str()));
+    assert_eq!(
+        (shop.method.as_str(), shop.uri.as_str()),
+        ("PUT", "/api/businesses/gg-11")
+    );
+    assert_eq!(
+        shop.header("authorization"),
+        Some("Bearer shop-secret-token")
+    );
+    assert_eq!(
+        shop.header("idempotency-key"),
+        Some("crm-to-shop:crm-msg-1:0")
+    );
+    assert_eq!(
+        shop.header("x-passerelle-transform-version"),
+        Some(version_of("crm-to-shop").as_str())
+    );
     assert_eq!(shop.header("content-type"), Some("application/json"));
     assert_eq!(
         support::json(&shop.body),
@@ -154,36 +61,65 @@ async fn both_directions_reach_their_target_exactly_as_declared() {
 
     setup
         .broker
-        .publish(&setup.shop_exchange, "business.updated", SHOP_BUSINESS.as_bytes(), Some("shop-msg-1"))
+        .publish(
+            &setup.shop_exchange,
+            "business.updated",
+            SHOP_BUSINESS.as_bytes(),
+            Some("shop-msg-1"),
+        )
         .await;
-    let calls = setup.server.wait_for_calls(2, Duration::from_secs(30)).await;
+    let calls = setup
+        .server
+        .wait_for_calls(2, Duration::from_secs(30))
+        .await;
     let crm = &calls[1];
     assert_eq!(
         (crm.method.as_str(), crm.uri.as_str()),
         ("PATCH", "/services/data/v60.0/sobjects/Account/gg-11")
     );
-    assert_eq!(crm.header("authorization"), Some("Bearer token-1"), "the OAuth2 token fetched");
-    assert_eq!(crm.header("idempotency-key"), Some("shop-to-crm:shop-msg-1:0"));
-    assert_eq!(crm.header("x-passerelle-transform-version"), Some(version_of("shop-to-crm").as_str()));
+    assert_eq!(
+        crm.header("authorization"),
+        Some("Bearer token-1"),
+        "the OAuth2 token fetched"
+    );
+    assert_eq!(
+        crm.header("idempotency-key"),
+        Some("shop-to-crm:shop-msg-1:0")
+    );
+    assert_eq!(
+        crm.header("x-passerelle-transform-version"),
+        Some(version_of("shop-to-crm").as_str())
+    );
     assert_eq!(
         support::json(&crm.body),
         json!({"Name": "Eleven Labs", "Status__c": "CLIENT_ACTIVE", "Country__c": "FR"})
     );
-    let token_request = setup.server.received().into_iter().find(|r| r.uri == "/oauth/token").unwrap();
+    let token_request = setup
+        .server
+        .received()
+        .into_iter()
+        .find(|r| r.uri == "/oauth/token")
+        .unwrap();
     let form = String::from_utf8(token_request.body).unwrap();
-    assert!(form.contains("grant_type=client_credentials") && form.contains("client_id=crm-client"), "{form}");
+    assert!(
+        form.contains("grant_type=client_credentials") && form.contains("client_id=crm-client"),
+        "{form}"
+    );
 
     setup.wait_until_queue_is_empty(&setup.crm_queue).await;
     setup.wait_until_queue_is_empty(&setup.shop_queue).await;
     assert_eq!(host.terminate().code(), Some(0), "{}", host.log());
     let log = host.log();
-    assert!(!log.contains("shop-secret-token") && !log.contains("crm-client-secret"), "a secret leaked:\n{log}");
+    assert!(
+        !log.contains("shop-secret-token") && !log.contains("crm-client-secret"),
+        "a secret leaked:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_messages_are_each_delivered_exactly_once() {
     let setup = Setup::new().await;
-    let config = setup.config("");
+    let config = setup.config(QUICK_RETRY, "");
     let mut host = setup.start_host(&config).await;
     setup.publish_accounts(0..1000).await;
 
@@ -191,25 +127,62 @@ async fn a_thousand_messages_are_each_delivered_exactly_once() {
     setup.wait_until_queue_is_empty(&setup.crm_queue).await;
     let counts = setup.deliveries_per_account();
     let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(repeated.is_empty(), "delivered more than once: {repeated:?}");
+    assert!(
+        repeated.is_empty(),
+        "delivered more than once: {repeated:?}"
+    );
     assert_eq!(counts.len(), 1000);
-    assert_eq!(setup.broker.depth(&format!("{}.dead", setup.crm_queue)).await, 0);
+    assert_eq!(
+        setup
+            .broker
+            .depth(&format!("{}.dead", setup.crm_queue))
+            .await,
+        0
+    );
     assert_eq!(host.terminate().code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rejected_and_malformed_messages_are_dead_lettered_with_their_reason() {
     let setup = Setup::new().await;
-    let config = setup.config("");
+    let config = setup.config(QUICK_RETRY, "");
     let _host = setup.start_host(&config).await;
     let broker = &setup.broker;
     let gone = CRM_ACCOUNT.replace("CLIENT_ACTIVE", "CLIENT_GONE");
-    broker.publish(&setup.crm_exchange, "account.updated", gone.as_bytes(), Some("bad-status")).await;
-    broker.publish(&setup.crm_exchange, "account.updated", b"{oops", Some("malformed")).await;
-    broker.publish(&setup.crm_exchange, "account.updated", CRM_ACCOUNT.as_bytes(), Some("good")).await;
+    broker
+        .publish(
+            &setup.crm_exchange,
+            "account.updated",
+            gone.as_bytes(),
+            Some("bad-status"),
+        )
+        .await;
+    broker
+        .publish(
+            &setup.crm_exchange,
+            "account.updated",
+            b"{oops",
+            Some("malformed"),
+        )
+        .await;
+    broker
+        .publish(
+            &setup.crm_exchange,
+            "account.updated",
+            CRM_ACCOUNT.as_bytes(),
+            Some("good"),
+        )
+        .await;
 
-    let calls = setup.server.wait_for_calls(1, Duration::from_secs(30)).await;
-    assert_eq!(calls[0].header("idempotency-key"), Some("crm-to-shop:good:0"), "the next message still flows");
+    let calls = setup
+        .server
+        .wait_for_calls(1, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        calls[0].header("idempotency-key"),
+        Some("crm-to-shop:good:0"),
+        "the next message still flows"
+    );
 
     let dead_queue = format!("{}.dead", setup.crm_queue);
     let dead = eventually("two dead letters", Duration::from_secs(30), async || {
@@ -221,21 +194,34 @@ async fn rejected_and_malformed_messages_are_dead_lettered_with_their_reason() {
     assert_eq!(dead[0].body, gone.as_bytes(), "the original body is kept");
     let reason = &dead[0].headers["x-passerelle-reason"];
     assert!(reason.contains("\"CLIENT_GONE\""), "{reason}");
-    assert!(dead[1].headers["x-passerelle-reason"].contains("not JSON"), "{:?}", dead[1].headers);
+    assert!(
+        dead[1].headers["x-passerelle-reason"].contains("not JSON"),
+        "{:?}",
+        dead[1].headers
+    );
     for letter in &dead {
-        assert_eq!(letter.headers["x-passerelle-transform-version"], version_of("crm-to-shop"));
+        assert_eq!(
+            letter.headers["x-passerelle-transform-version"],
+            version_of("crm-to-shop")
+        );
         assert_eq!(letter.headers["x-passerelle-route"], "crm-to-shop");
         assert_eq!(letter.headers["x-passerelle-attempt"], "1");
     }
-    assert_eq!(setup.server.calls().len(), 1, "rejected messages call nothing");
+    assert_eq!(
+        setup.server.calls().len(),
+        1,
+        "rejected messages call nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_permanent_http_error_is_dead_lettered_with_the_status() {
     let setup = Setup::new().await;
-    let config = setup.config("");
+    let config = setup.config(QUICK_RETRY, "");
     let _host = setup.start_host(&config).await;
-    setup.server.reply_next(Reply::status(400).with_body(r#"{"error": "country 76 is closed"}"#));
+    setup
+        .server
+        .reply_next(Reply::status(400).with_body(r#"{"error": "country 76 is closed"}"#));
     setup.publish_accounts(0..1).await;
 
     let dead_queue = format!("{}.dead", setup.crm_queue);
@@ -246,7 +232,11 @@ async fn a_permanent_http_error_is_dead_lettered_with_the_status() {
     .await;
     let dead = broker.drain(&dead_queue).await;
     assert_eq!(dead[0].headers["x-passerelle-http-status"], "400");
-    assert!(dead[0].headers["x-passerelle-reason"].contains("country 76 is closed"), "{:?}", dead[0].headers);
+    assert!(
+        dead[0].headers["x-passerelle-reason"].contains("country 76 is closed"),
+        "{:?}",
+        dead[0].headers
+    );
     assert_eq!(setup.server.calls().len(), 1, "a 400 is not retried");
 }
 
@@ -273,13 +263,18 @@ fn close_connection_of(pid: u32) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_closed_by_the_broker_loses_nothing() {
     let setup = Setup::new().await;
-    let config = setup.config("");
+    let config = setup.config(QUICK_RETRY, "");
     let host = setup.start_host(&config).await;
     // Slow answers keep messages in flight when the connection drops.
-    setup.server.reply_always(Some(Reply::status(200).after(Duration::from_millis(100))));
+    setup
+        .server
+        .reply_always(Some(Reply::status(200).after(Duration::from_millis(100))));
     let total = 600;
     setup.publish_accounts(0..total).await;
-    setup.server.wait_for_calls(30, Duration::from_secs(60)).await;
+    setup
+        .server
+        .wait_for_calls(30, Duration::from_secs(60))
+        .await;
 
     close_connection_of(host.pid());
 
@@ -291,16 +286,24 @@ async fn a_connection_closed_by_the_broker_loses_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_host_loses_nothing_once_restarted() {
     let setup = Setup::new().await;
-    let config = setup.config("");
+    let config = setup.config(QUICK_RETRY, "");
     let mut host = setup.start_host(&config).await;
-    setup.server.reply_always(Some(Reply::status(200).after(Duration::from_millis(50))));
+    setup
+        .server
+        .reply_always(Some(Reply::status(200).after(Duration::from_millis(50))));
     let total = 300;
     setup.publish_accounts(0..total).await;
-    setup.server.wait_for_calls(30, Duration::from_secs(60)).await;
+    setup
+        .server
+        .wait_for_calls(30, Duration::from_secs(60))
+        .await;
 
     host.kill();
     let delivered_before_restart = setup.deliveries_per_account().len();
-    assert!(delivered_before_restart < total, "the kill came too late to prove anything");
+    assert!(
+        delivered_before_restart < total,
+        "the kill came too late to prove anything"
+    );
 
     let host = setup.start_host(&config).await;
     setup.wait_until_every_account_arrives(total, &host).await;
@@ -310,31 +313,43 @@ async fn a_killed_host_loses_nothing_once_restarted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_messages_in_flight_and_exits_zero() {
     let setup = Setup::new().await;
-    let config = setup.config("");
+    let config = setup.config(QUICK_RETRY, "");
     let mut host = setup.start_host(&config).await;
-    setup.server.reply_always(Some(Reply::status(200).after(Duration::from_millis(300))));
+    setup
+        .server
+        .reply_always(Some(Reply::status(200).after(Duration::from_millis(300))));
     let total = 40;
     setup.publish_accounts(0..total).await;
-    setup.server.wait_for_calls(1, Duration::from_secs(30)).await;
+    setup
+        .server
+        .wait_for_calls(1, Duration::from_secs(30))
+        .await;
 
     let status = host.terminate();
     assert_eq!(status.code(), Some(0), "{}", host.log());
     // Whatever was taken was finished: what left the queue reached the shop.
     let left_in_queue = setup.broker.depth(&setup.crm_queue).await as usize;
-    assert_eq!(setup.deliveries_per_account().len() + left_in_queue, total, "{}", host.log());
+    assert_eq!(
+        setup.deliveries_per_account().len() + left_in_queue,
+        total,
+        "{}",
+        host.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn topology_is_declared_idempotently_and_quorum_queues_are_an_option() {
     let setup = Setup::new().await;
-    let config = setup.config("    queue_type: quorum");
+    let config = setup.config(&format!("{QUICK_RETRY}\n    queue_type: quorum"), "");
     let mut host = setup.start_host(&config).await;
     assert_eq!(host.terminate().code(), Some(0));
     setup.publish_accounts(0..3).await;
     let broker = &setup.broker;
-    eventually("the binding to route 3 messages to the queue", Duration::from_secs(10), async || {
-        (broker.depth(&setup.crm_queue).await == 3).then_some(())
-    })
+    eventually(
+        "the binding to route 3 messages to the queue",
+        Duration::from_secs(10),
+        async || (broker.depth(&setup.crm_queue).await == 3).then_some(()),
+    )
     .await;
 
     // Declaring again (a restart) changes nothing and loses nothing.
@@ -354,5 +369,8 @@ async fn topology_is_declared_idempotently_and_quorum_queues_are_an_option() {
             Default::default(),
         )
         .await;
-    assert!(classic.is_err(), "a classic declaration of a quorum queue should fail");
+    assert!(
+        classic.is_err(),
+        "a classic declaration of a quorum queue should fail"
+    );
 }

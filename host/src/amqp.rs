@@ -25,7 +25,8 @@ pub async fn connect(url: &Secret, name: &str) -> anyhow::Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(url.expose(), properties)
         .await
-        .with_context(|| format!("connecting to {}", redact_url(url.expose())))
+        // lapin's message already carries its cause: no second copy of it.
+        .map_err(|e| anyhow!("connecting to {}: {e}", redact_url(url.expose())))
 }
 
 /// Declares a route's exchanges, work queue, bindings and dead-letter
@@ -55,7 +56,7 @@ pub async fn declare_topology(
         .queue_declare(
             route.dead_letter_queue().as_str().into(),
             durable,
-            arguments,
+            arguments.clone(),
         )
         .await
         .with_context(|| {
@@ -64,6 +65,22 @@ pub async fn declare_topology(
                 route.dead_letter_queue()
             )
         })?;
+    for (delay, retry_queue) in route.retry_queues() {
+        // Messages wait out the delay here, then the broker dead-letters
+        // them back into the work queue: no plugin needed.
+        let mut retry_arguments = arguments.clone();
+        let ttl = i32::try_from(delay.as_millis()).unwrap_or(i32::MAX);
+        retry_arguments.insert("x-message-ttl".into(), AMQPValue::LongInt(ttl));
+        retry_arguments.insert("x-dead-letter-exchange".into(), text(""));
+        retry_arguments.insert(
+            "x-dead-letter-routing-key".into(),
+            text(route.queue.as_str()),
+        );
+        channel
+            .queue_declare(retry_queue.as_str().into(), durable, retry_arguments)
+            .await
+            .with_context(|| format!("route {route_name}: declaring retry queue {retry_queue}"))?;
+    }
     for binding in &route.bindings {
         channel
             .exchange_declare(
@@ -154,6 +171,12 @@ impl Publisher {
             return Err(anyhow!("no queue takes messages from {target}"));
         }
         Ok(())
+    }
+
+    pub async fn close(&self) {
+        if let Some(channel) = self.channel.lock().await.take() {
+            let _ = channel.close(200, "done".into()).await;
+        }
     }
 
     async fn channel(&self) -> anyhow::Result<Channel> {

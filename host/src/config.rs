@@ -52,7 +52,33 @@ pub struct Endpoint {
     pub auth: Option<Auth>,
     #[serde(default = "defaults::http_timeout", with = "duration")]
     pub timeout: Duration,
+    #[serde(default)]
+    pub breaker: BreakerSettings,
     pub operations: BTreeMap<String, Operation>,
+}
+
+/// When an endpoint counts as down, and how long its routes then pause.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Consecutive temporary failures that open the circuit.
+    #[serde(default = "defaults::breaker_failures")]
+    pub failures: u32,
+    /// Pause before the first probe; doubles after each failed probe.
+    #[serde(default = "defaults::cool_down", with = "duration")]
+    pub cool_down: Duration,
+    #[serde(default = "defaults::max_cool_down", with = "duration")]
+    pub max_cool_down: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            failures: defaults::breaker_failures(),
+            cool_down: defaults::cool_down(),
+            max_cool_down: defaults::max_cool_down(),
+        }
+    }
 }
 
 /// How requests to an endpoint authenticate. Secrets come from the
@@ -175,6 +201,9 @@ pub struct Retry {
     /// Base of the exponential backoff between in-process retries.
     #[serde(default = "defaults::backoff", with = "duration")]
     pub backoff: Duration,
+    /// Then one delayed retry per step, through a TTL queue each.
+    #[serde(default = "defaults::delays", with = "duration::list")]
+    pub delays: Vec<Duration>,
 }
 
 impl Default for Retry {
@@ -182,6 +211,7 @@ impl Default for Retry {
         Self {
             immediate: defaults::immediate_retries(),
             backoff: defaults::backoff(),
+            delays: defaults::delays(),
         }
     }
 }
@@ -215,6 +245,22 @@ impl Route {
     /// Where messages that can never succeed are kept, with their reason.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead", self.queue)
+    }
+
+    /// The delayed-retry queue of each ladder step, named by its delay
+    /// (`crm.account.changed.retry.30s`) so that changing a delay declares
+    /// a new queue instead of clashing with the old one's TTL.
+    pub fn retry_queues(&self) -> Vec<(Duration, String)> {
+        self.retry
+            .delays
+            .iter()
+            .map(|delay| {
+                let label = humantime::format_duration(*delay)
+                    .to_string()
+                    .replace(' ', "");
+                (*delay, format!("{}.retry.{label}", self.queue))
+            })
+            .collect()
     }
 }
 
@@ -273,8 +319,13 @@ impl Config {
             key,
             problem: substituted.hide_in(&problem),
         };
-        let mut tree: serde_json::Value = serde_saphyr::from_str(text)
-            .map_err(|e| error(&substituted, "(syntax)".into(), format!("not valid YAML: {e}")))?;
+        let mut tree: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| {
+            error(
+                &substituted,
+                "(syntax)".into(),
+                format!("not valid YAML: {e}"),
+            )
+        })?;
         env::interpolate(&mut tree, &mut Vec::new(), &mut substituted)
             .map_err(|(key, problem)| error(&substituted, key, problem))?;
         let raw: RawConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
@@ -286,7 +337,8 @@ impl Config {
             endpoints: raw.endpoints,
             routes: raw.routes,
         };
-        validate::check(&mut config, base).map_err(|(key, problem)| error(&substituted, key, problem))?;
+        validate::check(&mut config, base)
+            .map_err(|(key, problem)| error(&substituted, key, problem))?;
         Ok(config)
     }
 }
@@ -312,6 +364,18 @@ mod defaults {
     pub fn backoff() -> Duration {
         Duration::from_millis(200)
     }
+    pub fn delays() -> Vec<Duration> {
+        [5, 30, 300].map(Duration::from_secs).to_vec()
+    }
+    pub fn breaker_failures() -> u32 {
+        5
+    }
+    pub fn cool_down() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn max_cool_down() -> Duration {
+        Duration::from_secs(60)
+    }
 }
 
 /// Durations written the human way: `50ms`, `5s`, `5m`, `1h 30m`.
@@ -328,6 +392,20 @@ mod duration {
     pub fn parse(text: &str) -> Result<Duration, String> {
         humantime::parse_duration(text)
             .map_err(|e| format!("invalid duration {text:?} ({e}); expected e.g. 500ms, 5s, 2m"))
+    }
+
+    pub mod list {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Vec<Duration>, D::Error> {
+            let texts = Vec::<String>::deserialize(deserializer)?;
+            texts
+                .iter()
+                .map(|text| parse(text).map_err(serde::de::Error::custom))
+                .collect()
+        }
     }
 
     pub mod option {

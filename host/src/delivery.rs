@@ -4,6 +4,7 @@
 //! outcome as success, temporary or permanent failure.
 
 mod auth;
+mod breaker;
 mod request;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use crate::config::Endpoint;
 use crate::version::Version;
 use auth::Authenticator;
+use breaker::{Breaker, Outcome};
 pub use request::{Request, UNRESERVED, build_request};
 
 /// Header carrying the key that makes a retried call safe to repeat.
@@ -44,7 +46,7 @@ impl DeliveryError {
         }
     }
 
-    fn temporary(reason: impl Into<String>) -> Self {
+    pub fn temporary(reason: impl Into<String>) -> Self {
         Self {
             temporary: true,
             ..Self::permanent(reason)
@@ -68,6 +70,7 @@ pub struct Http {
 struct EndpointClient {
     config: Endpoint,
     auth: Authenticator,
+    breaker: Breaker,
 }
 
 impl Http {
@@ -80,6 +83,7 @@ impl Http {
             .map(|(name, config)| {
                 let client = EndpointClient {
                     auth: Authenticator::new(config.auth.clone()),
+                    breaker: Breaker::new(name, config.breaker),
                     config: config.clone(),
                 };
                 (name.clone(), client)
@@ -88,7 +92,8 @@ impl Http {
         Ok(Self { client, endpoints })
     }
 
-    /// Performs one call; returns the HTTP status on success.
+    /// Performs one call; returns the HTTP status on success. Waits while
+    /// the endpoint's circuit is open or its `Retry-After` has not passed.
     pub async fn call(
         &self,
         endpoint: &str,
@@ -103,20 +108,46 @@ impl Http {
         let declared = target.config.operations.get(operation).ok_or_else(|| {
             DeliveryError::permanent(format!("unknown operation {endpoint}.{operation}"))
         })?;
-        let request =
-            build_request(&target.config.base_url, declared, args).map_err(|problem| {
-                DeliveryError::permanent(format!("call to {endpoint}.{operation}: {problem}"))
-            })?;
         let name = format!("{endpoint}.{operation}");
+        let request = build_request(&target.config.base_url, declared, args)
+            .map_err(|problem| DeliveryError::permanent(format!("call to {name}: {problem}")))?;
 
-        let response = self.send(target, &request, context, &name).await?;
+        let permit = target.breaker.acquire().await;
+        let result = self.exchange(target, &request, context, &name).await;
+        permit.settle(match &result {
+            Err(error) if error.temporary => Outcome::Unavailable {
+                retry_after: error.retry_after,
+            },
+            _ => Outcome::Answered,
+        });
+        result
+    }
+
+    /// Waits until every endpoint named may take a request (or a probe is
+    /// due), so that a route takes no work it could not deliver.
+    pub async fn wait_until_usable(&self, endpoints: &[String]) {
+        for name in endpoints {
+            if let Some(endpoint) = self.endpoints.get(name) {
+                endpoint.breaker.wait_until_usable().await;
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        target: &EndpointClient,
+        request: &Request,
+        context: &CallContext<'_>,
+        name: &str,
+    ) -> Result<u16, DeliveryError> {
+        let response = self.send(target, request, context, name).await?;
         if response.status() == StatusCode::UNAUTHORIZED && target.auth.can_refresh() {
             // A token may be revoked before it expires: fetch a new one, once.
             target.auth.invalidate().await;
-            let response = self.send(target, &request, context, &name).await?;
-            return classify(response, &name).await;
+            let response = self.send(target, request, context, name).await?;
+            return classify(response, name).await;
         }
-        classify(response, &name).await
+        classify(response, name).await
     }
 
     async fn send(

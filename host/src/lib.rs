@@ -2,6 +2,7 @@
 //! messages, runs each through a sandboxed WebAssembly transform and performs
 //! the actions the transform returns. See ARCHITECTURE.md for the map.
 
+pub mod admin;
 pub mod amqp;
 pub mod config;
 pub mod delivery;

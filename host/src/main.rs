@@ -11,7 +11,7 @@ use passerelle::config::Config;
 use passerelle::runtime::{
     GuestLimits, LoadError, Message, RouteContext, Runtime, Transform, TransformFailure,
 };
-use passerelle::{amqp, service};
+use passerelle::{admin, amqp, service};
 use tokio_util::sync::CancellationToken;
 
 /// Exit codes a script can tell apart (documented in the README).
@@ -47,6 +47,37 @@ enum Command {
     Run(RunArgs),
     /// Publish one message (body read from stdin) with publisher confirms.
     Publish(PublishArgs),
+    /// Inspect, replay or purge a route's dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Show each dead letter: id, attempts, last HTTP status, transform version, age, reason.
+    List(DlqArgs),
+    /// Send dead letters back to the work queue with a fresh attempt budget.
+    Replay {
+        #[command(flatten)]
+        target: DlqArgs,
+        /// Replay every dead letter.
+        #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+        all: bool,
+        /// Replay the dead letters with this message id (repeatable).
+        #[arg(long = "id", value_name = "MESSAGE_ID")]
+        ids: Vec<String>,
+    },
+    /// Delete every dead letter of the route.
+    Purge(DlqArgs),
+}
+
+#[derive(Args)]
+struct DlqArgs {
+    /// The route whose dead-letter queue to work on.
+    route: String,
+    /// The configuration file.
+    #[arg(long, env = "PASSERELLE_CONFIG", default_value = "passerelle.yaml")]
+    config: PathBuf,
 }
 
 #[derive(Args)]
@@ -132,6 +163,7 @@ fn main() -> ExitCode {
             Command::Check(args) => check(args),
             Command::Run(args) => run(args).await,
             Command::Publish(args) => publish(args).await,
+            Command::Dlq(command) => dlq(command).await,
         }
     });
     match result {
@@ -273,6 +305,64 @@ async fn publish(args: PublishArgs) -> anyhow::Result<u8> {
         args.exchange, args.routing_key
     );
     Ok(0)
+}
+
+async fn dlq(command: DlqCommand) -> anyhow::Result<u8> {
+    let target = match &command {
+        DlqCommand::List(target)
+        | DlqCommand::Purge(target)
+        | DlqCommand::Replay { target, .. } => target,
+    };
+    let config = Config::load(&target.config)?;
+    let route = admin::route(&config, &target.route)?;
+    let connection = std::sync::Arc::new(amqp::connect(&config.amqp.url, "passerelle-dlq").await?);
+    let dead_letter_queue = route.dead_letter_queue();
+    match &command {
+        DlqCommand::List(_) => print_dead_letters(&admin::list(&connection, route).await?),
+        DlqCommand::Replay { all, ids, .. } => {
+            let selection = if *all {
+                admin::Selection::All
+            } else {
+                admin::Selection::Ids(ids.clone())
+            };
+            let replayed = admin::replay(&connection, route, &selection).await?;
+            println!(
+                "replayed {replayed} message(s) from {dead_letter_queue} into {}",
+                route.queue
+            );
+        }
+        DlqCommand::Purge(_) => {
+            let purged = admin::purge(&connection, route).await?;
+            println!("purged {purged} message(s) from {dead_letter_queue}");
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
+    Ok(0)
+}
+
+fn print_dead_letters(letters: &[admin::DeadLetter]) {
+    println!("{} dead letter(s)", letters.len());
+    if letters.is_empty() {
+        return;
+    }
+    println!(
+        "{:<24} {:>8} {:>6} {:<12} {:>8}  REASON",
+        "MESSAGE ID", "ATTEMPTS", "STATUS", "VERSION", "AGE"
+    );
+    for letter in letters {
+        let age = letter.age.map_or("?".into(), |age| {
+            humantime::format_duration(age).to_string()
+        });
+        println!(
+            "{:<24} {:>8} {:>6} {:<12} {:>8}  {}",
+            letter.message_id.as_deref().unwrap_or("-"),
+            letter.attempts,
+            letter.http_status.as_deref().unwrap_or("-"),
+            letter.version,
+            age,
+            letter.reason
+        );
+    }
 }
 
 /// Loads a component, or reports why it was refused and the exit code to use.

@@ -91,9 +91,15 @@ impl Pipeline {
         }
     }
 
-    /// Handles one delivery to the end: acked when done or dead-lettered;
-    /// left unacked (so the broker redelivers) only when even the dead
-    /// letter could not be confirmed.
+    /// Waits until every endpoint this route calls may take requests, so
+    /// that the route takes no message it could not deliver.
+    pub async fn wait_until_endpoints_usable(&self) {
+        self.http.wait_until_usable(&self.route.endpoints).await;
+    }
+
+    /// Handles one delivery to the end: acked once delivered, or once
+    /// moved (confirmed) to a delayed-retry queue or the dead-letter queue;
+    /// left to the broker to redeliver when even that move failed.
     pub async fn handle(&self, delivery: Delivery, publisher: &Publisher) {
         let message = message_of(&delivery);
         let outcome = self.process(&message, publisher).await;
@@ -102,15 +108,21 @@ impl Pipeline {
                 tracing::debug!(route = %self.name, %version, message_id = ?message.message_id, "delivered");
                 Ok(())
             }
-            Err(failure) => {
-                self.dead_letter(&delivery, &message, failure, publisher)
-                    .await
-            }
+            Err(failure) => match self.delayed_retry_queue(&message, failure) {
+                Some(queue) => {
+                    self.retry_later(&delivery, &message, failure, &queue, publisher)
+                        .await
+                }
+                None => {
+                    self.dead_letter(&delivery, &message, failure, publisher)
+                        .await
+                }
+            },
         };
         let result = match settled {
             Ok(()) => delivery.ack(Default::default()).await,
             Err(error) => {
-                tracing::error!(route = %self.name, "could not dead-letter, the broker will redeliver: {error:#}");
+                tracing::error!(route = %self.name, "could not move a failed message, the broker will redeliver it: {error:#}");
                 let requeue = lapin::options::BasicNackOptions {
                     requeue: true,
                     ..Default::default()
@@ -223,6 +235,49 @@ impl Pipeline {
         }
     }
 
+    /// The next step of the ladder for a temporary failure, if any is left:
+    /// attempt 1 failing goes to the first delay, and so on.
+    fn delayed_retry_queue(&self, message: &Message, failure: &Failure) -> Option<String> {
+        if !failure.temporary {
+            return None;
+        }
+        let step = usize::try_from(message.attempt).ok()? - 1;
+        self.route
+            .retry_queues()
+            .into_iter()
+            .nth(step)
+            .map(|(_, queue)| queue)
+    }
+
+    /// Parks the message in a delayed-retry queue; the broker puts it back
+    /// into the work queue when the delay is over, one attempt later.
+    async fn retry_later(
+        &self,
+        delivery: &Delivery,
+        message: &Message,
+        failure: &Failure,
+        queue: &str,
+        publisher: &Publisher,
+    ) -> anyhow::Result<()> {
+        tracing::info!(
+            route = %self.name, version = %failure.version, message_id = ?message.message_id,
+            attempt = message.attempt, "retrying later through {queue}: {}", failure.reason
+        );
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            ATTEMPT_HEADER.into(),
+            amqp::text((message.attempt + 1).to_string()),
+        );
+        headers.insert(
+            "x-passerelle-last-reason".into(),
+            amqp::text(failure.reason.as_str()),
+        );
+        let properties = delivery.properties.clone().with_headers(headers);
+        publisher
+            .publish("", queue, &delivery.data, properties)
+            .await
+    }
+
     /// Copies the message to the route's dead-letter queue with headers
     /// saying why, and waits for the broker's confirm.
     async fn dead_letter(
@@ -268,13 +323,15 @@ impl Pipeline {
     }
 }
 
-/// The message as the transform sees it.
+/// The message as the transform sees it. A redelivery (the broker lost
+/// track of an earlier try, say after a crash) counts as an attempt.
 pub fn message_of(delivery: &Delivery) -> Message {
     let headers = delivery.properties.headers().as_ref();
-    let attempt = amqp::header_number(headers, ATTEMPT_HEADER)
+    let counted = amqp::header_number(headers, ATTEMPT_HEADER)
         .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(1)
         .max(1);
+    let attempt = counted + u32::from(delivery.redelivered);
     Message {
         body: delivery.data.clone(),
         content_type: delivery
@@ -297,8 +354,9 @@ pub fn message_of(delivery: &Delivery) -> Message {
 /// action, so the target can drop repeats.
 pub fn idempotency_key(route: &str, message: &Message, action_index: usize) -> String {
     let id = match &message.message_id {
-        Some(id) => percent_encoding::utf8_percent_encode(id, crate::delivery::UNRESERVED)
-            .to_string(),
+        Some(id) => {
+            percent_encoding::utf8_percent_encode(id, crate::delivery::UNRESERVED).to_string()
+        }
         // Without an id, the content is the identity.
         None => format!("sha256-{}", Version::of(&message.body)),
     };

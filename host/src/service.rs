@@ -177,6 +177,12 @@ async fn consume(
     let mut in_flight = JoinSet::new();
     loop {
         while in_flight.try_join_next().is_some() {}
+        // While an endpoint is down, messages stay in the queue instead of
+        // being taken and failed.
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = pipeline.wait_until_endpoints_usable() => {}
+        }
         let delivery = tokio::select! {
             _ = shutdown.cancelled() => break,
             next = deliveries.next() => match next {
@@ -196,6 +202,10 @@ async fn consume(
         .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
         .await;
     drain(&pipeline.name, in_flight, grace).await;
+    // Closed here, not dropped: the connection closes right after, and a
+    // channel still closing would be reported as an error.
+    let _ = channel.close(200, "shutting down".into()).await;
+    publisher.close().await;
     Ok(())
 }
 

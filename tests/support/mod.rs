@@ -10,14 +10,19 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A shipped transform, as built by scripts/build-transforms.
@@ -55,13 +60,20 @@ pub fn json(bytes: &[u8]) -> serde_json::Value {
 }
 
 /// Polls `check` until it returns Some, or panics after `timeout`.
-pub async fn eventually<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -93,12 +105,16 @@ impl Broker {
         }
     }
 
-    /// A queue name for this test; it and its dead-letter queue are deleted afterwards.
+    /// A queue name for this test; it, its dead-letter queue and the
+    /// delayed-retry queues of the default ladder are deleted afterwards
+    /// (a test with other delays names its own with `also_delete_queue`).
     pub fn queue(&self, base: &str) -> String {
         let name = format!("{base}.{}", self.suffix);
         let mut queues = self.queues.lock().unwrap();
         queues.push(name.clone());
-        queues.push(format!("{name}.dead"));
+        for suffix in ["dead", "retry.5s", "retry.30s", "retry.5m"] {
+            queues.push(format!("{name}.{suffix}"));
+        }
         name
     }
 
@@ -113,7 +129,13 @@ impl Broker {
         name
     }
 
-    pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8], message_id: Option<&str>) {
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        message_id: Option<&str>,
+    ) {
         let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2);
@@ -121,7 +143,13 @@ impl Broker {
             properties = properties.with_message_id(id.into());
         }
         self.channel
-            .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, properties)
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
             .await
             .unwrap()
             .await
@@ -149,7 +177,10 @@ impl Broker {
             passive: true,
             ..Default::default()
         };
-        let queue = channel.queue_declare(queue.into(), options, FieldTable::default()).await.ok();
+        let queue = channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .ok();
         let _ = channel.close(200, "".into()).await;
         queue
     }
@@ -167,9 +198,11 @@ impl Broker {
     }
 
     pub async fn wait_for_consumers(&self, queue: &str, count: u32) {
-        eventually(&format!("{count} consumer(s) on {queue}"), Duration::from_secs(60), async || {
-            (self.consumers(queue).await >= count).then_some(())
-        })
+        eventually(
+            &format!("{count} consumer(s) on {queue}"),
+            Duration::from_secs(60),
+            async || (self.consumers(queue).await >= count).then_some(()),
+        )
         .await;
     }
 
@@ -225,19 +258,28 @@ impl Drop for Broker {
         let exchanges = std::mem::take(&mut *self.exchanges.lock().unwrap());
         // Drop cannot await: delete from a thread with its own runtime.
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async {
-                let Ok(connection) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await else {
+                let Ok(connection) =
+                    Connection::connect(AMQP_URL, ConnectionProperties::default()).await
+                else {
                     return;
                 };
                 let Ok(channel) = connection.create_channel().await else {
                     return;
                 };
                 for queue in queues {
-                    let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+                    let _ = channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await;
                 }
                 for exchange in exchanges {
-                    let _ = channel.exchange_delete(exchange.as_str().into(), Default::default()).await;
+                    let _ = channel
+                        .exchange_delete(exchange.as_str().into(), Default::default())
+                        .await;
                 }
                 let _ = connection.close(200, "".into()).await;
             });
@@ -261,7 +303,9 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 }
 
@@ -324,7 +368,9 @@ impl HttpServer {
         let state = Arc::new(Mutex::new(ServerState::default()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let app = axum::Router::new().fallback(record).with_state(state.clone());
+        let app = axum::Router::new()
+            .fallback(record)
+            .with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self { port, state }
     }
@@ -349,7 +395,10 @@ impl HttpServer {
 
     /// Requests received except OAuth token requests.
     pub fn calls(&self) -> Vec<Received> {
-        self.received().into_iter().filter(|r| r.uri != "/oauth/token").collect()
+        self.received()
+            .into_iter()
+            .filter(|r| r.uri != "/oauth/token")
+            .collect()
     }
 
     pub fn tokens_issued(&self) -> u32 {
@@ -370,7 +419,10 @@ async fn record(
     request: axum::extract::Request,
 ) -> axum::response::Response {
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap().to_vec();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
     let received = Received {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
@@ -396,11 +448,18 @@ fn next_reply(state: &mut ServerState, received: Received) -> Reply {
     state.received.push(received);
     if is_token_request {
         state.tokens_issued += 1;
-        let token = format!(r#"{{"access_token": "token-{}", "expires_in": 3600}}"#, state.tokens_issued);
-        return Reply::status(200).with_body(&token).with_header("content-type", "application/json");
+        let token = format!(
+            r#"{{"access_token": "token-{}", "expires_in": 3600}}"#,
+            state.tokens_issued
+        );
+        return Reply::status(200)
+            .with_body(&token)
+            .with_header("content-type", "application/json");
     }
     let scripted = state.script.pop_front();
-    scripted.or_else(|| state.default.clone()).unwrap_or(Reply::status(200))
+    scripted
+        .or_else(|| state.default.clone())
+        .unwrap_or(Reply::status(200))
 }
 
 /// A running `passerelle run`, its log in a file; killed when dropped.
@@ -445,7 +504,11 @@ impl Host {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "passerelle did not stop on SIGTERM:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "passerelle did not stop on SIGTERM:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -459,11 +522,18 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- passerelle log ---\n{}", self.log());
+        }
     }
 }
 
 pub fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(status.success(), "kill -{name} {pid} failed");
 }
 
@@ -486,14 +556,16 @@ impl ConfigDir {
     }
 }
 
-/// The shop endpoint as the design doc declares it, against `server`.
-pub fn shop_endpoint(server: &HttpServer) -> String {
+/// The shop endpoint as the design doc declares it, against `server`;
+/// `extra` YAML lines (indented by four spaces) are added to it.
+pub fn shop_endpoint(server: &HttpServer, extra: &str) -> String {
     format!(
         r#"
   shop:
     base_url: {base}
     auth: {{ bearer: {{ token_env: TEST_SHOP_TOKEN }} }}
     timeout: 2s
+{extra}
     operations:
       upsertBusiness:
         method: PUT
@@ -504,7 +576,7 @@ pub fn shop_endpoint(server: &HttpServer) -> String {
           status: {{ location: json }}
           country: {{ location: json }}
 "#,
-        base = server.url("api/")
+        base = server.url("api/"),
     )
 }
 
@@ -544,5 +616,123 @@ pub const TEST_SECRETS: &[(&str, &str)] = &[
 
 pub const CRM_ACCOUNT: &str =
     r#"{"Id": "gg-11", "Name": "Eleven Labs", "Status__c": "CLIENT_ACTIVE", "Country__c": "FR"}"#;
-pub const SHOP_BUSINESS: &str =
-    r#"{"crmId": "gg-11", "business": {"name": "Eleven Labs"}, "status": 70, "country": {"id": 76}}"#;
+pub const SHOP_BUSINESS: &str = r#"{"crmId": "gg-11", "business": {"name": "Eleven Labs"}, "status": 70, "country": {"id": 76}}"#;
+
+/// One test's deployment: both shipped routes, on names of its own.
+pub struct Deployment {
+    pub broker: Broker,
+    pub server: HttpServer,
+    pub config_dir: ConfigDir,
+    pub crm_exchange: String,
+    pub crm_queue: String,
+    pub shop_exchange: String,
+    pub shop_queue: String,
+}
+
+impl Deployment {
+    pub async fn new() -> Self {
+        let broker = Broker::connect().await;
+        Self {
+            server: HttpServer::start().await,
+            config_dir: ConfigDir::new(),
+            crm_exchange: broker.exchange("crm.events"),
+            crm_queue: broker.queue("crm.account.changed"),
+            shop_exchange: broker.exchange("shop.events"),
+            shop_queue: broker.queue("shop.business.changed"),
+            broker,
+        }
+    }
+
+    /// Both shipped routes; `crm_route_extra` is added to the crm-to-shop
+    /// route and `shop_endpoint_extra` to the shop endpoint (YAML lines,
+    /// indented by four spaces).
+    pub fn config(&self, crm_route_extra: &str, shop_endpoint_extra: &str) -> PathBuf {
+        let yaml = format!(
+            r#"
+amqp:
+  url: {amqp}
+  shutdown_grace: 20s
+endpoints:
+{shop}
+{salesforce}
+routes:
+  crm-to-shop:
+    queue: {crm_queue}
+    bindings: [{{ exchange: {crm_exchange}, routing_key: "account.*" }}]
+    transform: {crm_wasm}
+    endpoints: [shop]
+    concurrency: 16
+{crm_route_extra}
+  shop-to-crm:
+    queue: {shop_queue}
+    bindings: [{{ exchange: {shop_exchange}, routing_key: "business.*" }}]
+    transform: {shop_wasm}
+    endpoints: [salesforce]
+"#,
+            amqp = AMQP_URL,
+            shop = shop_endpoint(&self.server, shop_endpoint_extra),
+            salesforce = salesforce_endpoint(&self.server),
+            crm_queue = self.crm_queue,
+            crm_exchange = self.crm_exchange,
+            crm_wasm = transform("crm-to-shop").display(),
+            shop_queue = self.shop_queue,
+            shop_exchange = self.shop_exchange,
+            shop_wasm = transform("shop-to-crm").display(),
+        );
+        self.config_dir.write("passerelle.yaml", &yaml)
+    }
+
+    pub async fn start_host(&self, config: &std::path::Path) -> Host {
+        let host = Host::start_with_env(config, TEST_SECRETS);
+        self.broker.wait_for_consumers(&self.crm_queue, 1).await;
+        self.broker.wait_for_consumers(&self.shop_queue, 1).await;
+        host
+    }
+
+    pub async fn publish_accounts(&self, ids: impl Iterator<Item = usize>) {
+        for n in ids {
+            let body = CRM_ACCOUNT.replace("gg-11", &format!("gg-{n}"));
+            let id = format!("msg-{n}");
+            self.broker
+                .publish(
+                    &self.crm_exchange,
+                    "account.updated",
+                    body.as_bytes(),
+                    Some(&id),
+                )
+                .await;
+        }
+    }
+
+    /// How many times each account reached the shop.
+    pub fn deliveries_per_account(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for call in self.server.calls() {
+            let id = call.uri.rsplit('/').next().unwrap().to_string();
+            *counts.entry(id).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    pub async fn wait_until_every_account_arrives(&self, total: usize, host: &Host) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        while self.deliveries_per_account().len() < total {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {total} accounts arrived; host log:\n{}",
+                self.deliveries_per_account().len(),
+                host.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_until_queue_is_empty(&self, queue: &str) {
+        eventually(
+            &format!("{queue} to be empty"),
+            Duration::from_secs(60),
+            async || (self.broker.depth(queue).await == 0).then_some(()),
+        )
+        .await;
+    }
+}

@@ -72,7 +72,10 @@ fn key_path(segments: &[String]) -> String {
 }
 
 /// Expands `${NAME}`, `${NAME:-default}` and `$$` in one string.
-pub fn expand(text: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> Result<String, String> {
+pub fn expand(
+    text: &str,
+    mut lookup: impl FnMut(&str) -> Option<String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find('$') {
@@ -96,7 +99,10 @@ pub fn expand(text: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> Res
     Ok(out)
 }
 
-fn resolve(reference: &str, lookup: &mut impl FnMut(&str) -> Option<String>) -> Result<String, String> {
+fn resolve(
+    reference: &str,
+    lookup: &mut impl FnMut(&str) -> Option<String>,
+) -> Result<String, String> {
     let (name, default) = match reference.split_once(":-") {
         Some((name, default)) => (name, Some(default)),
         None => (reference, None),
@@ -155,7 +161,8 @@ mod tests {
     fn errors_carry_the_key_path() {
         let mut tree =
             serde_json::json!({"routes": {"a": {"bindings": [{"exchange": "${NOPE_X}"}]}}});
-        let (key, problem) = interpolate(&mut tree, &mut Vec::new(), &mut Substitutions::default()).unwrap_err();
+        let (key, problem) =
+            interpolate(&mut tree, &mut Vec::new(), &mut Substitutions::default()).unwrap_err();
         assert_eq!(key, "routes.a.bindings[0].exchange");
         assert!(problem.contains("NOPE_X"));
     }

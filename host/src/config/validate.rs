@@ -72,6 +72,18 @@ fn check_endpoint(name: &str, endpoint: &mut Endpoint) -> Result<(), Problem> {
     if let Some(auth) = &mut endpoint.auth {
         read_auth_secrets(&format!("{key}.auth"), auth)?;
     }
+    if endpoint.breaker.failures == 0 {
+        return Err((
+            format!("{key}.breaker.failures"),
+            "must be at least 1".into(),
+        ));
+    }
+    if endpoint.breaker.max_cool_down < endpoint.breaker.cool_down {
+        return Err((
+            format!("{key}.breaker.max_cool_down"),
+            "must not be shorter than cool_down".into(),
+        ));
+    }
     if endpoint.operations.is_empty() {
         return Err((format!("{key}.operations"), "no operations declared".into()));
     }
@@ -248,6 +260,12 @@ fn check_route(
                 route.prefetch(),
                 route.concurrency
             ),
+        ));
+    }
+    if let Some(index) = route.retry.delays.iter().position(|d| d.as_millis() == 0) {
+        return Err((
+            format!("{key}.retry.delays[{index}]"),
+            "a delay must be at least 1ms".into(),
         ));
     }
     let limits = route.limits.guest();
