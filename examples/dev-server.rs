@@ -119,12 +119,7 @@ async fn upsert_business(
 ) -> Response {
     if bearer(&headers) != Some(dev.shop_token.as_str()) {
         let answer = json!({"error": "missing or wrong bearer token"});
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(WWW_AUTHENTICATE, "Bearer")],
-            Json(answer),
-        )
-            .into_response();
+        return (StatusCode::UNAUTHORIZED, [(WWW_AUTHENTICATE, "Bearer")], Json(answer)).into_response();
     }
     if !is_json_object(&body) {
         let answer = json!({"error": "the body must be a JSON object"});
@@ -145,8 +140,7 @@ async fn issue_token(State(dev): State<Shared>, body: Bytes) -> Response {
     if field("client_id") != Some(dev.crm_client_id.as_str())
         || field("client_secret") != Some(dev.crm_client_secret.as_str())
     {
-        let answer =
-            json!({"error": "invalid_client", "error_description": "client identifier invalid"});
+        let answer = json!({"error": "invalid_client", "error_description": "client identifier invalid"});
         return (StatusCode::BAD_REQUEST, Json(answer)).into_response();
     }
     let number = dev.tokens_issued.fetch_add(1, Ordering::Relaxed) + 1;
@@ -159,8 +153,7 @@ async fn update_account(State(dev): State<Shared>, headers: HeaderMap, body: Byt
     let known = bearer(&headers).is_some_and(|token| dev.issued.lock().unwrap().contains(token));
     if !known {
         // Salesforce's own answer to a missing or expired session.
-        let answer =
-            json!([{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]);
+        let answer = json!([{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]);
         return (StatusCode::UNAUTHORIZED, Json(answer)).into_response();
     }
     if !is_json_object(&body) {
@@ -182,11 +175,7 @@ async fn record(State(dev): State<Shared>, request: Request, next: Next) -> Resp
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
     };
     let method = parts.method.to_string();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let headers = parts
         .headers
         .iter()
@@ -194,9 +183,7 @@ async fn record(State(dev): State<Shared>, request: Request, next: Next) -> Resp
         .collect();
     let body = body_of(&parts.headers, &bytes);
 
-    let response = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
+    let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     let status = response.status().as_u16();
     let line = if body.is_null() {
         String::new()
@@ -245,11 +232,7 @@ async fn forget_requests(State(dev): State<Shared>) -> StatusCode {
 // --- helpers -----------------------------------------------------------------
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+    headers.get(AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
 /// A header value as shown: credentials keep their scheme only.

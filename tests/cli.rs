@@ -27,12 +27,7 @@ fn run_transform(component: &Path, body: &str, extra: &[&str]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -68,10 +63,7 @@ fn assert_rejected(output: &Output, expected_words: &[&str]) {
 fn the_crm_example_becomes_the_shop_body() {
     let output = run_transform(&transform("crm-to-shop"), CRM_ACCOUNT, &[]);
     let (endpoint, operation, args) = single_call(&output);
-    assert_eq!(
-        (endpoint.as_str(), operation.as_str()),
-        ("shop", "upsertBusiness")
-    );
+    assert_eq!((endpoint.as_str(), operation.as_str()), ("shop", "upsertBusiness"));
     assert_eq!(args["crmId"], "gg-11");
     let mut body = args.as_object().unwrap().clone();
     body.remove("crmId");
@@ -85,10 +77,7 @@ fn the_crm_example_becomes_the_shop_body() {
 fn the_shop_example_becomes_the_crm_update() {
     let output = run_transform(&transform("shop-to-crm"), SHOP_BUSINESS, &[]);
     let (endpoint, operation, args) = single_call(&output);
-    assert_eq!(
-        (endpoint.as_str(), operation.as_str()),
-        ("salesforce", "updateAccount")
-    );
+    assert_eq!((endpoint.as_str(), operation.as_str()), ("salesforce", "updateAccount"));
     assert_eq!(
         args,
         json!({"accountId": "gg-11", "Name": "Eleven Labs", "Status__c": "CLIENT_ACTIVE", "Country__c": "FR"})
@@ -103,16 +92,14 @@ fn configured_tables_change_the_output_both_ways() {
         "--config",
         r#"country_ids={"FR": 76, "DE": 49}"#,
     ];
-    let account =
-        r#"{"Id": "gg-12", "Name": "Zwölf", "Status__c": "PROSPECT", "Country__c": "DE"}"#;
+    let account = r#"{"Id": "gg-12", "Name": "Zwölf", "Status__c": "PROSPECT", "Country__c": "DE"}"#;
     let (_, _, args) = single_call(&run_transform(&transform("crm-to-shop"), account, &tables));
     assert_eq!(
         (args["status"].clone(), args["country"].clone()),
         (json!(10), json!({"id": 49}))
     );
 
-    let business =
-        r#"{"crmId": "gg-12", "business": {"name": "Zwölf"}, "status": 10, "country": {"id": 49}}"#;
+    let business = r#"{"crmId": "gg-12", "business": {"name": "Zwölf"}, "status": 10, "country": {"id": 49}}"#;
     let (_, _, args) = single_call(&run_transform(&transform("shop-to-crm"), business, &tables));
     assert_eq!(
         (args["Status__c"].clone(), args["Country__c"].clone()),
@@ -156,10 +143,7 @@ fn malformed_bodies_and_missing_fields_are_rejected_by_name() {
     let crm = transform("crm-to-shop");
     assert_rejected(&run_transform(&crm, "{not json", &[]), &["not JSON"]);
     let no_name = r#"{"Id": "gg-11", "Status__c": "CLIENT_ACTIVE", "Country__c": "FR"}"#;
-    assert_rejected(
-        &run_transform(&crm, no_name, &[]),
-        &["missing field `Name`"],
-    );
+    assert_rejected(&run_transform(&crm, no_name, &[]), &["missing field `Name`"]);
     let no_id = r#"{"Name": "E", "Status__c": "CLIENT_ACTIVE", "Country__c": "FR"}"#;
     assert_rejected(&run_transform(&crm, no_id, &[]), &["missing field `Id`"]);
     let number_status = CRM_ACCOUNT.replace("\"CLIENT_ACTIVE\"", "3");
@@ -170,27 +154,16 @@ fn malformed_bodies_and_missing_fields_are_rejected_by_name() {
 
     let shop = transform("shop-to-crm");
     let no_crm_id = r#"{"business": {"name": "E"}, "status": 70, "country": {"id": 76}}"#;
-    assert_rejected(
-        &run_transform(&shop, no_crm_id, &[]),
-        &["missing field `crmId`"],
-    );
+    assert_rejected(&run_transform(&shop, no_crm_id, &[]), &["missing field `crmId`"]);
     let bad_table = ["--config", "status_codes=[1, 2]"];
-    assert_rejected(
-        &run_transform(&shop, SHOP_BUSINESS, &bad_table),
-        &["status_codes"],
-    );
+    assert_rejected(&run_transform(&shop, SHOP_BUSINESS, &bad_table), &["status_codes"]);
 }
 
 #[test]
 fn an_infinite_loop_is_stopped_at_the_time_limit() {
     let started = Instant::now();
     let output = run_transform(&fixture("looping"), "{}", &["--time-limit", "100ms"]);
-    assert_eq!(
-        output.status.code(),
-        Some(TRAP),
-        "stderr: {}",
-        stderr(&output)
-    );
+    assert_eq!(output.status.code(), Some(TRAP), "stderr: {}", stderr(&output));
     assert!(
         stderr(&output).contains("exceeded its time limit of 100ms"),
         "{}",
@@ -207,12 +180,7 @@ fn unbounded_allocation_is_stopped_at_the_memory_limit() {
         "{}",
         &["--memory-limit", "16MiB", "--time-limit", "5s"],
     );
-    assert_eq!(
-        output.status.code(),
-        Some(TRAP),
-        "stderr: {}",
-        stderr(&output)
-    );
+    assert_eq!(output.status.code(), Some(TRAP), "stderr: {}", stderr(&output));
     assert!(
         stderr(&output).contains("exceeded its memory limit of 16.0 MiB"),
         "{}",
@@ -223,17 +191,8 @@ fn unbounded_allocation_is_stopped_at_the_memory_limit() {
 #[test]
 fn a_panicking_guest_fails_cleanly_with_its_message() {
     let output = run_transform(&fixture("panicking"), "{}", &[]);
-    assert_eq!(
-        output.status.code(),
-        Some(TRAP),
-        "stderr: {}",
-        stderr(&output)
-    );
-    assert!(
-        stderr(&output).contains("fixture panic: boom"),
-        "{}",
-        stderr(&output)
-    );
+    assert_eq!(output.status.code(), Some(TRAP), "stderr: {}", stderr(&output));
+    assert!(stderr(&output).contains("fixture panic: boom"), "{}", stderr(&output));
 }
 
 #[test]
@@ -246,11 +205,7 @@ fn a_component_of_another_world_is_refused_with_what_does_not_match() {
             .output()
             .unwrap();
         let text = stderr(&output);
-        assert_eq!(
-            output.status.code(),
-            Some(BAD_COMPONENT),
-            "{command}: {text}"
-        );
+        assert_eq!(output.status.code(), Some(BAD_COMPONENT), "{command}: {text}");
         assert!(
             text.contains("does not fit the passerelle:transform@0.1.0 world"),
             "{text}"
@@ -263,11 +218,7 @@ fn a_component_of_another_world_is_refused_with_what_does_not_match() {
 fn files_that_are_not_components_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cases: [(&str, &[u8], &str); 3] = [
-        (
-            "garbage.wasm",
-            b"this is not wasm at all",
-            "not a WebAssembly file",
-        ),
+        ("garbage.wasm", b"this is not wasm at all", "not a WebAssembly file"),
         (
             "module.wasm",
             b"\0asm\x01\0\0\0",
@@ -282,22 +233,9 @@ fn files_that_are_not_components_are_refused() {
     for (name, bytes, expected) in cases {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
-        let output = passerelle()
-            .args(["check", "--component"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(BAD_COMPONENT),
-            "{name}: {}",
-            stderr(&output)
-        );
-        assert!(
-            stderr(&output).contains(expected),
-            "{name}: {}",
-            stderr(&output)
-        );
+        let output = passerelle().args(["check", "--component"]).arg(&path).output().unwrap();
+        assert_eq!(output.status.code(), Some(BAD_COMPONENT), "{name}: {}", stderr(&output));
+        assert!(stderr(&output).contains(expected), "{name}: {}", stderr(&output));
     }
 }
 
@@ -305,11 +243,7 @@ fn files_that_are_not_components_are_refused() {
 fn check_accepts_the_shipped_transforms_and_names_their_version() {
     for name in ["crm-to-shop", "shop-to-crm"] {
         let path = transform(name);
-        let output = passerelle()
-            .args(["check", "--component"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let output = passerelle().args(["check", "--component"]).arg(&path).output().unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
         let version = passerelle::version::Version::of(&std::fs::read(&path).unwrap());
@@ -334,18 +268,11 @@ async fn the_host_survives_hostile_guests() {
         body: CRM_ACCOUNT.as_bytes().to_vec(),
         ..Default::default()
     };
-    let good = runtime
-        .load(&std::fs::read(transform("crm-to-shop")).unwrap())
-        .unwrap();
+    let good = runtime.load(&std::fs::read(transform("crm-to-shop")).unwrap()).unwrap();
     for hostile in ["looping", "memory-hog", "panicking"] {
-        let bad = runtime
-            .load(&std::fs::read(fixture(hostile)).unwrap())
-            .unwrap();
+        let bad = runtime.load(&std::fs::read(fixture(hostile)).unwrap()).unwrap();
         let failure = runtime.run(&bad, &route, &message).await.unwrap_err();
-        assert!(
-            matches!(failure, TransformFailure::Trap(_)),
-            "{hostile}: {failure:?}"
-        );
+        assert!(matches!(failure, TransformFailure::Trap(_)), "{hostile}: {failure:?}");
         let actions = runtime.run(&good, &route, &message).await.unwrap();
         assert_eq!(actions.len(), 1, "after {hostile}");
     }

@@ -57,19 +57,9 @@ fn check(yaml: &str) -> (Output, String) {
 /// The file is refused and the error names the file, key and words given.
 fn assert_refused(yaml: &str, key: &str, words: &[&str]) {
     let (output, stderr) = check(yaml);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "accepted:\n{yaml}\nstderr: {stderr}"
-    );
-    assert!(
-        stderr.contains("passerelle.yaml: "),
-        "file not named: {stderr}"
-    );
-    assert!(
-        stderr.contains(&format!(": {key}: ")),
-        "key {key} not named: {stderr}"
-    );
+    assert_eq!(output.status.code(), Some(1), "accepted:\n{yaml}\nstderr: {stderr}");
+    assert!(stderr.contains("passerelle.yaml: "), "file not named: {stderr}");
+    assert!(stderr.contains(&format!(": {key}: ")), "key {key} not named: {stderr}");
     for word in words {
         assert!(stderr.contains(word), "{word:?} not in: {stderr}");
     }
@@ -102,10 +92,7 @@ fn an_operation_missing_its_uri_parameter_is_named() {
         &["{crmId}"],
     );
 
-    let yaml = good_config().replace(
-        "crmId: { location: uri, required: true }",
-        "crmId: { location: query }",
-    );
+    let yaml = good_config().replace("crmId: { location: uri, required: true }", "crmId: { location: query }");
     assert_refused(
         &yaml,
         "endpoints.shop.operations.upsertBusiness.parameters.crmId.location",
@@ -116,11 +103,7 @@ fn an_operation_missing_its_uri_parameter_is_named() {
 #[test]
 fn an_unparsable_duration_is_named_with_its_value() {
     let yaml = good_config().replace("timeout: 5s", "timeout: 5 parsecs");
-    assert_refused(
-        &yaml,
-        "endpoints.shop.timeout",
-        &["\"5 parsecs\"", "expected e.g."],
-    );
+    assert_refused(&yaml, "endpoints.shop.timeout", &["\"5 parsecs\"", "expected e.g."]);
     let yaml = good_config().replace("time: 50ms", "time: soon");
     assert_refused(&yaml, "routes.crm-to-shop.limits.time", &["\"soon\""]);
 }
@@ -134,11 +117,7 @@ fn a_missing_environment_variable_is_named() {
         &["NOT_SET_ANYWHERE is not set"],
     );
     let yaml = good_config().replace("queue: crm.account.changed", "queue: ${NOT_SET_ANYWHERE}");
-    assert_refused(
-        &yaml,
-        "routes.crm-to-shop.queue",
-        &["NOT_SET_ANYWHERE is not set"],
-    );
+    assert_refused(&yaml, "routes.crm-to-shop.queue", &["NOT_SET_ANYWHERE is not set"]);
 }
 
 #[test]
@@ -157,25 +136,15 @@ fn typos_and_wrong_values_are_named() {
     );
     let yaml = good_config().replace("memory: 32MiB", "memory: lots");
     assert_refused(&yaml, "routes.crm-to-shop.limits.memory", &["lots"]);
-    let missing = good_config().replace(
-        &transform("crm-to-shop").display().to_string(),
-        "nowhere/x.wasm",
-    );
-    assert_refused(
-        &missing,
-        "routes.crm-to-shop.transform",
-        &["nowhere/x.wasm"],
-    );
+    let missing = good_config().replace(&transform("crm-to-shop").display().to_string(), "nowhere/x.wasm");
+    assert_refused(&missing, "routes.crm-to-shop.transform", &["nowhere/x.wasm"]);
 }
 
 #[test]
 fn yaml_syntax_errors_name_the_file() {
     let (output, stderr) = check("amqp: [unclosed\n");
     assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr.contains("passerelle.yaml: (syntax): not valid YAML"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("passerelle.yaml: (syntax): not valid YAML"), "{stderr}");
 }
 
 #[test]
@@ -186,10 +155,7 @@ fn secrets_never_appear_in_errors() {
     assert!(!stderr.contains("hunter2"), "{stderr}");
 
     // A secret read from the environment stays out of errors too.
-    let yaml = good_config().replace(
-        "base_url: http://127.0.0.1:9/api/",
-        "base_url: ${CONFIG_TEST_TOKEN}",
-    );
+    let yaml = good_config().replace("base_url: http://127.0.0.1:9/api/", "base_url: ${CONFIG_TEST_TOKEN}");
     let (_, stderr) = check(&yaml);
     assert!(!stderr.contains("t0k3n-value"), "{stderr}");
 }
@@ -227,8 +193,5 @@ fn run_refuses_a_bad_file_before_connecting() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("routes.crm-to-shop.endpoints[0]"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("routes.crm-to-shop.endpoints[0]"), "{stderr}");
 }

@@ -59,17 +59,10 @@ async fn two_503s_then_200_deliver_once_and_dead_letter_nothing() {
     setup.server.reply_next(Reply::status(503));
     setup.publish_accounts(0..1).await;
 
-    let calls = setup
-        .server
-        .wait_for_calls(3, Duration::from_secs(30))
-        .await;
+    let calls = setup.server.wait_for_calls(3, Duration::from_secs(30)).await;
     setup.wait_until_queue_is_empty(&setup.crm_queue).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        setup.server.calls().len(),
-        3,
-        "exactly one success after two 503s"
-    );
+    assert_eq!(setup.server.calls().len(), 3, "exactly one success after two 503s");
     let keys: Vec<_> = calls
         .iter()
         .map(|c| c.header("idempotency-key").unwrap().to_string())
@@ -87,9 +80,7 @@ async fn a_400_is_dead_lettered_at_once_with_status_and_reason() {
     let config = setup.config(&ladder(2, &["100ms"]), "");
     forget_retry_queues(&setup, &["100ms"]);
     let _host = setup.start_host(&config).await;
-    setup
-        .server
-        .reply_next(Reply::status(400).with_body("unknown country"));
+    setup.server.reply_next(Reply::status(400).with_body("unknown country"));
     setup.publish_accounts(0..1).await;
 
     let broker = &setup.broker;
@@ -105,11 +96,7 @@ async fn a_400_is_dead_lettered_at_once_with_status_and_reason() {
         dead[0].headers
     );
     assert_eq!(dead[0].headers["x-passerelle-attempt"], "1");
-    assert_eq!(
-        setup.server.calls().len(),
-        1,
-        "no retry of a permanent error"
-    );
+    assert_eq!(setup.server.calls().len(), 1, "no retry of a permanent error");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -122,15 +109,9 @@ async fn retry_after_is_honoured() {
         .reply_next(Reply::status(429).with_header("Retry-After", "2"));
     setup.publish_accounts(0..1).await;
 
-    let calls = setup
-        .server
-        .wait_for_calls(2, Duration::from_secs(30))
-        .await;
+    let calls = setup.server.wait_for_calls(2, Duration::from_secs(30)).await;
     let waited = calls[1].at - calls[0].at;
-    assert!(
-        waited >= Duration::from_secs(2),
-        "the retry came after only {waited:?}"
-    );
+    assert!(waited >= Duration::from_secs(2), "the retry came after only {waited:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -146,10 +127,7 @@ async fn an_outage_longer_than_the_quick_retries_rides_the_delayed_retry_queues(
     }
     setup.publish_accounts(0..1).await;
 
-    let calls = setup
-        .server
-        .wait_for_calls(5, Duration::from_secs(30))
-        .await;
+    let calls = setup.server.wait_for_calls(5, Duration::from_secs(30)).await;
     setup.wait_until_queue_is_empty(&setup.crm_queue).await;
     assert!(
         calls[2].at - calls[1].at >= Duration::from_millis(500),
@@ -197,9 +175,7 @@ async fn the_breaker_keeps_messages_queued_during_an_outage_and_resumes() {
     );
 
     setup.server.reply_always(None);
-    setup
-        .wait_until_every_account_arrives(total as usize, &_host)
-        .await;
+    setup.wait_until_every_account_arrives(total as usize, &_host).await;
     setup.wait_until_queue_is_empty(&setup.crm_queue).await;
     assert_eq!(
         setup.broker.depth(&dead_queue(&setup)).await,
@@ -241,19 +217,12 @@ async fn an_exhausted_ladder_dead_letters_and_the_dlq_tools_list_replay_and_purg
     for expected in ["3", "503", "shop in maintenance"] {
         assert!(row.contains(expected), "{expected:?} not in {row:?}");
     }
-    assert_eq!(
-        broker.depth(&dead).await,
-        1,
-        "listing leaves the dead letters in place"
-    );
+    assert_eq!(broker.depth(&dead).await, 1, "listing leaves the dead letters in place");
 
     setup.server.reply_always(None);
     let replay = String::from_utf8(dlq(&setup, &config, &["replay", "--all"]).stdout).unwrap();
     assert!(replay.contains("replayed 1 message"), "{replay}");
-    setup
-        .server
-        .wait_for_calls(4, Duration::from_secs(30))
-        .await;
+    setup.server.wait_for_calls(4, Duration::from_secs(30)).await;
     setup.wait_until_queue_is_empty(&setup.crm_queue).await;
     assert_eq!(broker.depth(&dead).await, 0);
 
@@ -263,8 +232,7 @@ async fn an_exhausted_ladder_dead_letters_and_the_dlq_tools_list_replay_and_purg
         (broker.depth(&dead).await == 2).then_some(())
     })
     .await;
-    let replay_one =
-        String::from_utf8(dlq(&setup, &config, &["replay", "--id", "msg-2"]).stdout).unwrap();
+    let replay_one = String::from_utf8(dlq(&setup, &config, &["replay", "--id", "msg-2"]).stdout).unwrap();
     assert!(replay_one.contains("replayed 1 message"), "{replay_one}");
     eventually(
         "the replayed message to fail again",

@@ -32,23 +32,14 @@ async fn both_directions_reach_their_target_exactly_as_declared() {
             Some("crm-msg-1"),
         )
         .await;
-    let calls = setup
-        .server
-        .wait_for_calls(1, Duration::from_secs(30))
-        .await;
+    let calls = setup.server.wait_for_calls(1, Duration::from_secs(30)).await;
     let shop = &calls[0];
     assert_eq!(
         (shop.method.as_str(), shop.uri.as_str()),
         ("PUT", "/api/businesses/gg-11")
     );
-    assert_eq!(
-        shop.header("authorization"),
-        Some("Bearer shop-secret-token")
-    );
-    assert_eq!(
-        shop.header("idempotency-key"),
-        Some("crm-to-shop:crm-msg-1:0")
-    );
+    assert_eq!(shop.header("authorization"), Some("Bearer shop-secret-token"));
+    assert_eq!(shop.header("idempotency-key"), Some("crm-to-shop:crm-msg-1:0"));
     assert_eq!(
         shop.header("x-passerelle-transform-version"),
         Some(version_of("crm-to-shop").as_str())
@@ -68,10 +59,7 @@ async fn both_directions_reach_their_target_exactly_as_declared() {
             Some("shop-msg-1"),
         )
         .await;
-    let calls = setup
-        .server
-        .wait_for_calls(2, Duration::from_secs(30))
-        .await;
+    let calls = setup.server.wait_for_calls(2, Duration::from_secs(30)).await;
     let crm = &calls[1];
     assert_eq!(
         (crm.method.as_str(), crm.uri.as_str()),
@@ -82,10 +70,7 @@ async fn both_directions_reach_their_target_exactly_as_declared() {
         Some("Bearer token-1"),
         "the OAuth2 token fetched"
     );
-    assert_eq!(
-        crm.header("idempotency-key"),
-        Some("shop-to-crm:shop-msg-1:0")
-    );
+    assert_eq!(crm.header("idempotency-key"), Some("shop-to-crm:shop-msg-1:0"));
     assert_eq!(
         crm.header("x-passerelle-transform-version"),
         Some(version_of("shop-to-crm").as_str())
@@ -127,18 +112,9 @@ async fn a_thousand_messages_are_each_delivered_exactly_once() {
     setup.wait_until_queue_is_empty(&setup.crm_queue).await;
     let counts = setup.deliveries_per_account();
     let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(
-        repeated.is_empty(),
-        "delivered more than once: {repeated:?}"
-    );
+    assert!(repeated.is_empty(), "delivered more than once: {repeated:?}");
     assert_eq!(counts.len(), 1000);
-    assert_eq!(
-        setup
-            .broker
-            .depth(&format!("{}.dead", setup.crm_queue))
-            .await,
-        0
-    );
+    assert_eq!(setup.broker.depth(&format!("{}.dead", setup.crm_queue)).await, 0);
     assert_eq!(host.terminate().code(), Some(0));
 }
 
@@ -158,12 +134,7 @@ async fn rejected_and_malformed_messages_are_dead_lettered_with_their_reason() {
         )
         .await;
     broker
-        .publish(
-            &setup.crm_exchange,
-            "account.updated",
-            b"{oops",
-            Some("malformed"),
-        )
+        .publish(&setup.crm_exchange, "account.updated", b"{oops", Some("malformed"))
         .await;
     broker
         .publish(
@@ -174,10 +145,7 @@ async fn rejected_and_malformed_messages_are_dead_lettered_with_their_reason() {
         )
         .await;
 
-    let calls = setup
-        .server
-        .wait_for_calls(1, Duration::from_secs(30))
-        .await;
+    let calls = setup.server.wait_for_calls(1, Duration::from_secs(30)).await;
     assert_eq!(
         calls[0].header("idempotency-key"),
         Some("crm-to-shop:good:0"),
@@ -207,11 +175,7 @@ async fn rejected_and_malformed_messages_are_dead_lettered_with_their_reason() {
         assert_eq!(letter.headers["x-passerelle-route"], "crm-to-shop");
         assert_eq!(letter.headers["x-passerelle-attempt"], "1");
     }
-    assert_eq!(
-        setup.server.calls().len(),
-        1,
-        "rejected messages call nothing"
-    );
+    assert_eq!(setup.server.calls().len(), 1, "rejected messages call nothing");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -271,10 +235,7 @@ async fn a_connection_closed_by_the_broker_loses_nothing() {
         .reply_always(Some(Reply::status(200).after(Duration::from_millis(100))));
     let total = 600;
     setup.publish_accounts(0..total).await;
-    setup
-        .server
-        .wait_for_calls(30, Duration::from_secs(60))
-        .await;
+    setup.server.wait_for_calls(30, Duration::from_secs(60)).await;
 
     close_connection_of(host.pid());
 
@@ -293,10 +254,7 @@ async fn a_killed_host_loses_nothing_once_restarted() {
         .reply_always(Some(Reply::status(200).after(Duration::from_millis(50))));
     let total = 300;
     setup.publish_accounts(0..total).await;
-    setup
-        .server
-        .wait_for_calls(30, Duration::from_secs(60))
-        .await;
+    setup.server.wait_for_calls(30, Duration::from_secs(60)).await;
 
     host.kill();
     let delivered_before_restart = setup.deliveries_per_account().len();
@@ -320,10 +278,7 @@ async fn sigterm_finishes_messages_in_flight_and_exits_zero() {
         .reply_always(Some(Reply::status(200).after(Duration::from_millis(300))));
     let total = 40;
     setup.publish_accounts(0..total).await;
-    setup
-        .server
-        .wait_for_calls(1, Duration::from_secs(30))
-        .await;
+    setup.server.wait_for_calls(1, Duration::from_secs(30)).await;
 
     let status = host.terminate();
     assert_eq!(status.code(), Some(0), "{}", host.log());
@@ -369,8 +324,5 @@ async fn topology_is_declared_idempotently_and_quorum_queues_are_an_option() {
             Default::default(),
         )
         .await;
-    assert!(
-        classic.is_err(),
-        "a classic declaration of a quorum queue should fail"
-    );
+    assert!(classic.is_err(), "a classic declaration of a quorum queue should fail");
 }

@@ -92,10 +92,7 @@ impl Message {
 
     /// The value of the first header with this name (names compare as given).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|h| h.name == name)
-            .map(|h| h.value.as_str())
+        self.headers.iter().find(|h| h.name == name).map(|h| h.value.as_str())
     }
 }
 
@@ -112,11 +109,7 @@ pub fn config_json<T: DeserializeOwned>(key: &str, default: T) -> Result<T, Fail
 }
 
 /// The pure part of [`config_json`], apart so that it can be tested natively.
-fn parse_config<T: DeserializeOwned>(
-    key: &str,
-    value: Option<&str>,
-    default: T,
-) -> Result<T, Failure> {
+fn parse_config<T: DeserializeOwned>(key: &str, value: Option<&str>, default: T) -> Result<T, Failure> {
     match value {
         None => Ok(default),
         Some(text) => decode_json(&format!("config `{key}`"), text.as_bytes()).map_err(reject),
@@ -131,9 +124,7 @@ pub fn call(endpoint: &str, operation: &str, args: &impl Serialize) -> Result<Ac
     let args = serde_json::to_string(args).map_err(|e| reject(format!("{what}: {e}")))?;
     // Only a JSON object serializes to text that starts with `{`.
     if !args.starts_with('{') {
-        return Err(reject(format!(
-            "{what}: args must be a JSON object, not {args}"
-        )));
+        return Err(reject(format!("{what}: args must be a JSON object, not {args}")));
     }
     Ok(Action::Call(Call {
         endpoint: endpoint.to_owned(),
@@ -237,10 +228,7 @@ macro_rules! transform {
 
 /// Runs a transform function; used by [`transform!`].
 #[doc(hidden)]
-pub fn __run(
-    function: fn(Message) -> Result<Vec<Action>, Failure>,
-    msg: Message,
-) -> Result<Vec<Action>, Failure> {
+pub fn __run(function: fn(Message) -> Result<Vec<Action>, Failure>, msg: Message) -> Result<Vec<Action>, Failure> {
     static PANIC_HOOK: std::sync::Once = std::sync::Once::new();
     // A panic traps the component; its message would otherwise go to a
     // stderr the host may not keep. The host's log is where it is read.
@@ -324,15 +312,13 @@ mod tests {
         let default = BTreeMap::from([("FR".to_owned(), 76)]);
         let table: BTreeMap<String, i64> = parse_config("ids", None, default.clone()).unwrap();
         assert_eq!(table, default);
-        let table: BTreeMap<String, i64> =
-            parse_config("ids", Some(r#"{"DE": 80}"#), default.clone()).unwrap();
+        let table: BTreeMap<String, i64> = parse_config("ids", Some(r#"{"DE": 80}"#), default.clone()).unwrap();
         assert_eq!(table, BTreeMap::from([("DE".to_owned(), 80)]));
     }
 
     #[test]
     fn bad_config_is_a_reject_naming_the_key() {
-        let bad =
-            parse_config::<BTreeMap<String, i64>>("ids", Some(r#"{"DE": "80"}"#), BTreeMap::new());
+        let bad = parse_config::<BTreeMap<String, i64>>("ids", Some(r#"{"DE": "80"}"#), BTreeMap::new());
         assert_eq!(
             bad.unwrap_err(),
             reject("config `ids`: DE: invalid type: string \"80\", expected i64")
@@ -352,14 +338,10 @@ mod tests {
 
     #[test]
     fn call_carries_the_args_as_a_json_object() {
-        let Action::Call(c) = call("shop", "upsertBusiness", &Args { crm_id: "gg-11" }).unwrap()
-        else {
+        let Action::Call(c) = call("shop", "upsertBusiness", &Args { crm_id: "gg-11" }).unwrap() else {
             panic!("not a call");
         };
-        assert_eq!(
-            (c.endpoint.as_str(), c.operation.as_str()),
-            ("shop", "upsertBusiness")
-        );
+        assert_eq!((c.endpoint.as_str(), c.operation.as_str()), ("shop", "upsertBusiness"));
         assert_eq!(c.args, r#"{"crmId":"gg-11"}"#);
     }
 

@@ -54,10 +54,7 @@ impl CodeTable {
             .collect();
         match names[..] {
             [name] => Ok(name),
-            [] => Err(reject(format!(
-                "unknown {field} {code}: not in {}",
-                self.key
-            ))),
+            [] => Err(reject(format!("unknown {field} {code}: not in {}", self.key))),
             _ => Err(reject(format!(
                 "ambiguous {field} {code}: {} maps {} to it",
                 self.key,
@@ -95,9 +92,7 @@ mod tests {
         assert_eq!(table.code("Status__c", "PROSPECT"), Ok(10));
         assert_eq!(
             table.code("Status__c", "CLIENT_ACTIVE"),
-            Err(reject(
-                r#"unknown Status__c "CLIENT_ACTIVE": not in status_codes"#
-            ))
+            Err(reject(r#"unknown Status__c "CLIENT_ACTIVE": not in status_codes"#))
         );
     }
 
@@ -128,9 +123,7 @@ mod tests {
     fn a_bad_table_is_rejected_naming_the_key() {
         assert_eq!(
             CodeTable::parse("status_codes", Some(r#"["CLIENT_ACTIVE"]"#), STATUS),
-            Err(reject(
-                "config `status_codes`: invalid type: sequence, expected a map"
-            ))
+            Err(reject("config `status_codes`: invalid type: sequence, expected a map"))
         );
     }
 }

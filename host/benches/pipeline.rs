@@ -23,20 +23,20 @@
 //! deleted at the end, also after an error.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow, bail, ensure};
+use anyhow::{Context as _, anyhow, ensure};
 use futures_util::StreamExt as _;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use passerelle::config::Config;
-use passerelle::runtime::{Message, RouteContext, Runtime};
+use passerelle::pipeline::Pipeline;
+use passerelle::runtime::{Message, Runtime};
 use passerelle::service;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -44,14 +44,11 @@ use tokio_util::sync::CancellationToken;
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const ROUTE: &str = "crm-to-shop";
 const CONCURRENCY: u16 = 16;
-const ACCOUNT: &str =
-    r#"{"Id": "gg-11", "Name": "Eleven Labs", "Status__c": "CLIENT_ACTIVE", "Country__c": "FR"}"#;
+const ACCOUNT: &str = r#"{"Id": "gg-11", "Name": "Eleven Labs", "Status__c": "CLIENT_ACTIVE", "Country__c": "FR"}"#;
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let messages = env_number("PASSERELLE_BENCH_MESSAGES", 5000)?;
@@ -79,13 +76,12 @@ async fn bench(messages: usize, rounds: usize) -> anyhow::Result<()> {
     );
     let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
         .await
-        .with_context(|| {
-            format!("RabbitMQ is not reachable at {AMQP_URL}: start it (scripts/ensure-rabbitmq)")
-        })?;
+        .with_context(|| format!("RabbitMQ is not reachable at {AMQP_URL}: start it (scripts/ensure-rabbitmq)"))?;
     let broker = Broker {
         channel: connection.create_channel().await?,
         connection,
         suffix: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
+        to_delete: Mutex::default(),
     };
     let result = run_rounds(&broker, &wasm, messages, rounds).await;
     broker.clean_up().await;
@@ -95,23 +91,27 @@ async fn bench(messages: usize, rounds: usize) -> anyhow::Result<()> {
 async fn run_rounds(broker: &Broker, wasm: &Path, n: usize, rounds: usize) -> anyhow::Result<()> {
     let server = Server::start().await?;
     let config = pipeline_config(broker, wasm, server.port)?;
+    broker.owns(&config);
     let runtime = Runtime::new()?;
     let route = &config.routes[ROUTE];
-    println!(
-        "passerelle pipeline bench: {n} messages, {rounds} round(s), concurrency/prefetch {CONCURRENCY}"
-    );
+    println!("passerelle pipeline bench: {n} messages, {rounds} round(s), concurrency/prefetch {CONCURRENCY}");
 
-    let (mut bare, mut piped) = (Vec::new(), Vec::new());
+    let (mut bare, mut piped, mut dead_letters) = (Vec::new(), Vec::new(), 0);
     for round in 1..=rounds {
         let rate = bare_round(broker, n, round).await?;
         println!("round {round}: bare     {rate:>9.0} msg/s");
         bare.push(rate);
 
-        let rate = pipeline_round(broker, &config, &runtime, &server, n, round).await?;
-        println!("round {round}: pipeline {rate:>9.0} msg/s");
+        let (rate, dead) = pipeline_round(broker, &config, &runtime, &server, n, round).await?;
+        let note = match dead {
+            0 => String::new(),
+            _ => format!("  ({dead} dead-lettered, see the warnings above)"),
+        };
+        println!("round {round}: pipeline {rate:>9.0} msg/s{note}");
         piped.push(rate);
+        dead_letters += dead;
     }
-    let transform_ns = transform_only(&runtime, route, wasm, n.min(2000)).await?;
+    let (transform_ns, transform_failed) = transform_only(&runtime, route, wasm, n.min(2000)).await?;
 
     let (bare, piped) = (median(bare), median(piped));
     println!();
@@ -119,26 +119,31 @@ async fn run_rounds(broker: &Broker, wasm: &Path, n: usize, rounds: usize) -> an
     println!("  bare lapin consumer (ack only)   {bare:>9.0} msg/s");
     println!("  pipeline (transform + HTTP PUT)  {piped:>9.0} msg/s");
     println!("  ratio bare / pipeline            {:>9.1}x", bare / piped);
+    if dead_letters > 0 {
+        println!("  pipeline dead-lettered {dead_letters} of {} messages", n * rounds);
+    }
     println!(
         "  transform only, fresh instance   {:>9.0} ns/msg ({:.0} msg/s on one task)",
         transform_ns,
         1e9 / transform_ns
     );
+    if transform_failed > 0 {
+        println!("  transform only: {transform_failed} of {} runs failed", n.min(2000));
+    }
     Ok(())
 }
 
 /// Publishes, then acks everything with a plain consumer.
 async fn bare_round(broker: &Broker, n: usize, round: usize) -> anyhow::Result<f64> {
     let queue = broker.name("bare");
+    broker.to_delete.lock().unwrap().push((queue.clone(), false));
     broker.declare_queue(&queue).await?;
     broker.publish(&queue, n, &format!("bare-{round}")).await?;
 
     let started = Instant::now();
     let connection = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(CONCURRENCY, BasicQosOptions::default())
-        .await?;
+    channel.basic_qos(CONCURRENCY, BasicQosOptions::default()).await?;
     let mut deliveries = channel
         .basic_consume(
             queue.as_str().into(),
@@ -156,14 +161,12 @@ async fn bare_round(broker: &Broker, n: usize, round: usize) -> anyhow::Result<f
     }
     let elapsed = started.elapsed();
     let _ = connection.close(200, "round done".into()).await;
-    ensure!(
-        broker.depth(&queue).await? == 0,
-        "bare queue not empty after {n} acks"
-    );
+    ensure!(broker.depth(&queue).await? == 0, "bare queue not empty after {n} acks");
     Ok(n as f64 / elapsed.as_secs_f64())
 }
 
-/// Publishes, then runs the real host until every message reached the server.
+/// Publishes, then runs the real host until every message reached the
+/// server or the dead-letter queue. Returns msg/s and the dead-lettered count.
 async fn pipeline_round(
     broker: &Broker,
     config: &Config,
@@ -171,65 +174,64 @@ async fn pipeline_round(
     server: &Server,
     n: usize,
     round: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, usize)> {
     let route = &config.routes[ROUTE];
+    let (queue, dlq) = (route.queue.as_str(), route.dead_letter_queue());
     // The host's own topology declaration, so that messages wait for it.
     passerelle::amqp::declare_topology(&broker.channel, ROUTE, route).await?;
     broker
-        .publish(&route.queue, n, &format!("pipeline-{round}"))
+        .channel
+        .queue_purge(dlq.as_str().into(), Default::default())
         .await?;
-    let pipelines = service::load_pipelines(config, runtime)?;
+    broker.publish(queue, n, &format!("pipeline-{round}")).await?;
+    let pipelines = service::load_pipelines(config, runtime).await?;
     server.expect(n);
 
     let started = Instant::now();
     let shutdown = CancellationToken::new();
     let host = tokio::spawn({
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        async move { service::run(&config, &pipelines, shutdown).await }
+        let (config, runtime, shutdown) = (config.clone(), runtime.clone(), shutdown.clone());
+        async move { service::run(&config, &pipelines, &runtime, shutdown).await }
     });
-    let waited = tokio::time::timeout(
-        Duration::from_secs(60) + n as u32 * Duration::from_millis(20),
-        async {
-            server.state.reached.notified().await;
-            while broker.depth(&route.queue).await? > 0 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+    // The N-th request wakes this at once; dead letters are noticed within 100ms.
+    let finished = tokio::time::timeout(Duration::from_secs(30) + n as u32 * Duration::from_millis(10), async {
+        loop {
+            tokio::select! {
+                _ = server.state.reached.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
-            anyhow::Ok(())
-        },
-    )
+            let dead = broker.depth(&dlq).await? as usize;
+            if server.count() + dead >= n && broker.depth(queue).await? == 0 {
+                return anyhow::Ok(dead);
+            }
+        }
+    })
     .await;
     let elapsed = started.elapsed();
     shutdown.cancel();
     host.await.context("the host panicked")??;
 
-    let dead = broker.depth(&route.dead_letter_queue()).await?;
-    let (received, left) = (server.count(), broker.depth(&route.queue).await?);
-    match waited {
-        Err(_) => bail!(
-            "pipeline stalled: {received}/{n} HTTP calls, {left} left in the queue, {dead} dead-lettered"
-        ),
-        Ok(result) => result?,
-    }
-    ensure!(
-        received == n && left == 0 && dead == 0,
-        "pipeline: {received}/{n} HTTP calls, {left} left in the queue, {dead} dead-lettered"
+    let (received, left, dead) = (
+        server.count(),
+        broker.depth(queue).await?,
+        broker.depth(&dlq).await? as usize,
     );
-    Ok(n as f64 / elapsed.as_secs_f64())
+    let summary = format!("{received}/{n} HTTP calls, {left} left in the queue, {dead} dead-lettered");
+    let dead = finished.map_err(|_| anyhow!("pipeline stalled: {summary}"))??;
+    ensure!(received + dead == n && left == 0, "pipeline: {summary}");
+    Ok((n as f64 / elapsed.as_secs_f64(), dead))
 }
 
-/// Mean time of `Runtime::run` (fresh instance each time), one task.
+/// Mean time of `Runtime::run` (fresh instance each time), one task, and
+/// how many runs failed.
 async fn transform_only(
     runtime: &Runtime,
     route: &passerelle::config::Route,
     wasm: &Path,
     n: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, usize)> {
     let transform = runtime.load(&std::fs::read(wasm)?)?;
-    let context = RouteContext {
-        route: ROUTE.into(),
-        config: Arc::new(route.config.clone()),
-        limits: route.limits.guest(),
-    };
+    let context = Pipeline::context_for(ROUTE, route);
     let message = Message {
         body: ACCOUNT.as_bytes().to_vec(),
         content_type: Some("application/json".into()),
@@ -238,19 +240,23 @@ async fn transform_only(
         attempt: 1,
         ..Default::default()
     };
-    let timed = async || -> anyhow::Result<Duration> {
-        let started = Instant::now();
+    // Failures (a time limit hit under load, say) are counted, not fatal.
+    let timed = async || -> anyhow::Result<(Duration, usize)> {
+        let (started, mut failed) = (Instant::now(), 0);
         for _ in 0..n {
-            let actions = runtime.run(&transform, &context, &message).await;
-            ensure!(
-                matches!(actions.as_deref(), Ok([_])),
-                "transform: {actions:?}"
-            );
+            match runtime.run(&transform, &context, &message).await {
+                Ok(actions) => ensure!(actions.len() == 1, "transform: {actions:?}"),
+                Err(failure) => {
+                    eprintln!("transform only: {failure}");
+                    failed += 1;
+                }
+            }
         }
-        Ok(started.elapsed())
+        Ok((started.elapsed(), failed))
     };
     timed().await?; // warm-up
-    Ok(timed().await?.as_nanos() as f64 / n as f64)
+    let (elapsed, failed) = timed().await?;
+    Ok((elapsed.as_nanos() as f64 / n as f64, failed))
 }
 
 /// The design doc's configuration, reduced to the route measured.
@@ -260,6 +266,7 @@ fn pipeline_config(broker: &Broker, wasm: &Path, port: u16) -> anyhow::Result<Co
 amqp:
   url: {AMQP_URL}
   shutdown_grace: 10s
+  control_exchange: {control}
 endpoints:
   shop:
     base_url: http://127.0.0.1:{port}/api/
@@ -285,6 +292,7 @@ routes:
 "#,
         queue = broker.name("crm.account.changed"),
         exchange = broker.name("crm.events"),
+        control = broker.name("control"),
         wasm = wasm.display(),
     );
     Ok(Config::parse(&yaml, "bench.yaml", Path::new("."))?)
@@ -295,11 +303,26 @@ struct Broker {
     connection: Connection,
     channel: Channel,
     suffix: String,
+    /// Queues and exchanges (`true`) to delete at the end.
+    to_delete: Mutex<Vec<(String, bool)>>,
 }
 
 impl Broker {
     fn name(&self, base: &str) -> String {
         format!("passerelle-bench.{base}.{}", self.suffix)
+    }
+
+    /// Everything the host declares for `config`, to delete at the end.
+    fn owns(&self, config: &Config) {
+        let mut names = self.to_delete.lock().unwrap();
+        let control = &config.amqp.control_exchange;
+        names.push((control.clone(), true));
+        for (name, route) in &config.routes {
+            names.extend([&route.queue, &route.dead_letter_queue()].map(|q| (q.clone(), false)));
+            names.extend(route.retry_queues().into_iter().map(|(_, q)| (q, false)));
+            names.extend(route.bindings.iter().map(|b| (b.exchange.clone(), true)));
+            names.push((passerelle::reload::fleet::history_queue(control, name), false));
+        }
     }
 
     async fn declare_queue(&self, queue: &str) -> anyhow::Result<()> {
@@ -329,9 +352,7 @@ impl Broker {
     /// N accounts straight to `queue`, persistent, all confirmed.
     async fn publish(&self, queue: &str, n: usize, tag: &str) -> anyhow::Result<()> {
         let channel = self.connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
         let mut confirms = Vec::with_capacity(n);
         for i in 0..n {
             let body = ACCOUNT.replace("gg-11", &format!("gg-{i}"));
@@ -345,13 +366,7 @@ impl Broker {
             };
             confirms.push(
                 channel
-                    .basic_publish(
-                        "".into(),
-                        queue.into(),
-                        options,
-                        body.as_bytes(),
-                        properties,
-                    )
+                    .basic_publish("".into(), queue.into(), options, body.as_bytes(), properties)
                     .await?,
             );
         }
@@ -367,19 +382,19 @@ impl Broker {
     }
 
     async fn clean_up(&self) {
-        for base in ["bare", "crm.account.changed", "crm.account.changed.dead"] {
-            let _ = self
-                .channel
-                .queue_delete(
-                    self.name(base).as_str().into(),
-                    QueueDeleteOptions::default(),
-                )
-                .await;
+        let names = std::mem::take(&mut *self.to_delete.lock().unwrap());
+        for (name, exchange) in names {
+            let _ = if exchange {
+                self.channel
+                    .exchange_delete(name.as_str().into(), Default::default())
+                    .await
+            } else {
+                self.channel
+                    .queue_delete(name.as_str().into(), Default::default())
+                    .await
+                    .map(drop)
+            };
         }
-        let _ = self
-            .channel
-            .exchange_delete(self.name("crm.events").as_str().into(), Default::default())
-            .await;
         let _ = self.connection.close(200, "bench done".into()).await;
     }
 }
@@ -403,9 +418,7 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let state = Arc::new(Counter::default());
-        let app = axum::Router::new()
-            .fallback(count)
-            .with_state(state.clone());
+        let app = axum::Router::new().fallback(count).with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Ok(Self { port, state })
     }

@@ -1,8 +1,9 @@
-//! Operator commands on a route's dead letters, in the spirit of
+//! Operator commands. On a route's dead letters, in the spirit of
 //! rabbit-mq-admin-toolkit's message commands: list them with their
 //! reason, replay them into the work queue with a fresh attempt budget
 //! (confirmed before they leave the dead-letter queue, so an interrupted
-//! replay loses nothing), or purge them.
+//! replay loses nothing), or purge them. On a route's transform, for every
+//! host at once: deploy a new one, or roll back to the previous one.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,6 +16,10 @@ use lapin::{Channel, Connection};
 
 use crate::amqp::{self, ATTEMPT_HEADER, HEADER_PREFIX, Publisher};
 use crate::config::{Config, Route};
+use crate::pipeline::Pipeline;
+use crate::reload::{self, fleet};
+use crate::runtime::Runtime;
+use crate::version::Version;
 
 /// At most this many dead letters are looked at in one command: they are
 /// all held unacked until it ends.
@@ -35,6 +40,90 @@ pub struct DeadLetter {
 pub enum Selection {
     All,
     Ids(Vec<String>),
+}
+
+/// Checks a component for a route as every host will (world, fixtures),
+/// then publishes it to all of them. The inner error is the refusal.
+pub async fn deploy(
+    config: &Config,
+    runtime: &Runtime,
+    route_name: &str,
+    component: Vec<u8>,
+    fixtures: Option<String>,
+) -> anyhow::Result<Result<Version, String>> {
+    let route = route(config, route_name)?;
+    let context = Pipeline::context_for(route_name, route);
+    if let Err(reason) = reload::validate(runtime, component.clone(), &context, fixtures.as_deref()).await {
+        return Ok(Err(reason));
+    }
+    let deployment = fleet::Deployment {
+        route: route_name.to_string(),
+        version: Version::of(&component),
+        component,
+        fixtures,
+    };
+    publish_deployment(config, &deployment).await?;
+    Ok(Ok(deployment.version))
+}
+
+/// Publishes again the latest deployed version that differs from the
+/// current one. Returns (from, to).
+pub async fn rollback(config: &Config, runtime: &Runtime, route_name: &str) -> anyhow::Result<(Version, Version)> {
+    route(config, route_name)?;
+    let connection = amqp::connect(&config.amqp.url, "passerelle-rollback").await?;
+    let history = fleet::history(&connection, &config.amqp.control_exchange, route_name).await?;
+    let _ = connection.close(200, "read".into()).await;
+    let current = history
+        .last()
+        .ok_or_else(|| anyhow!("route {route_name} has no deploy to roll back"))?
+        .version
+        .clone();
+    let previous = history
+        .iter()
+        .rev()
+        .find(|deployment| deployment.version != current)
+        .cloned()
+        .ok_or_else(|| anyhow!("route {route_name} has no earlier version than {current} to roll back to"))?;
+    let to = previous.version.clone();
+    match deploy(config, runtime, route_name, previous.component, previous.fixtures).await? {
+        Ok(_) => Ok((current, to)),
+        Err(reason) => Err(anyhow!(
+            "the previous version {to} no longer passes its checks: {reason}"
+        )),
+    }
+}
+
+async fn publish_deployment(config: &Config, deployment: &fleet::Deployment) -> anyhow::Result<()> {
+    let connection = Arc::new(amqp::connect(&config.amqp.url, "passerelle-deploy").await?);
+    let channel = connection.create_channel().await?;
+    let routes: Vec<String> = config.routes.keys().cloned().collect();
+    let exchange = &config.amqp.control_exchange;
+    fleet::declare(&channel, exchange, &routes).await?;
+    let _ = channel.close(200, "declared".into()).await;
+    if fleet::history(&connection, exchange, &deployment.route)
+        .await?
+        .is_empty()
+    {
+        // Before the first deploy, hosts run the file the configuration
+        // names: record it, so that a rollback can return to it.
+        let baseline = baseline(config, &deployment.route)?;
+        fleet::record(&connection, exchange, &baseline).await?;
+    }
+    let published = fleet::publish(&connection, exchange, deployment).await;
+    let _ = connection.close(200, "deployed".into()).await;
+    published
+}
+
+fn baseline(config: &Config, route_name: &str) -> anyhow::Result<fleet::Deployment> {
+    let path = &route(config, route_name)?.transform;
+    let component = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let fixtures = reload::read_fixtures(&reload::fixtures_path(path)).map_err(anyhow::Error::msg)?;
+    Ok(fleet::Deployment {
+        route: route_name.to_string(),
+        version: Version::of(&component),
+        component,
+        fixtures,
+    })
 }
 
 pub fn route<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a Route> {
@@ -60,11 +149,7 @@ pub async fn list(connection: &Connection, route: &Route) -> anyhow::Result<Vec<
 /// Publishes the selected dead letters to the work queue with a fresh
 /// attempt count; each leaves the dead-letter queue only once the broker
 /// confirmed its copy. Returns how many were replayed.
-pub async fn replay(
-    connection: &Arc<Connection>,
-    route: &Route,
-    selection: &Selection,
-) -> anyhow::Result<usize> {
+pub async fn replay(connection: &Arc<Connection>, route: &Route, selection: &Selection) -> anyhow::Result<usize> {
     let channel = connection.create_channel().await?;
     let publisher = Publisher::new(connection.clone());
     // Only what is there now: a replayed message that fails again lands
@@ -73,14 +158,7 @@ pub async fn replay(
     let (mut seen, mut replayed) = (0, 0);
     while let Some(message) = next(&channel, route, seen, present).await? {
         seen += 1;
-        if !selection.takes(
-            message
-                .delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|id| id.as_str()),
-        ) {
+        if !selection.takes(message.delivery.properties.message_id().as_ref().map(|id| id.as_str())) {
             continue;
         }
         let properties = message
@@ -145,9 +223,7 @@ impl Selection {
     fn takes(&self, message_id: Option<&str>) -> bool {
         match self {
             Selection::All => true,
-            Selection::Ids(ids) => {
-                message_id.is_some_and(|id| ids.iter().any(|wanted| wanted == id))
-            }
+            Selection::Ids(ids) => message_id.is_some_and(|id| ids.iter().any(|wanted| wanted == id)),
         }
     }
 }
@@ -169,12 +245,7 @@ fn fresh_headers(message: &BasicGetMessage) -> FieldTable {
 fn describe(message: &BasicGetMessage) -> DeadLetter {
     let properties = &message.delivery.properties;
     let headers = amqp::headers_as_text(properties.headers().as_ref());
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
+    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let age = header("x-passerelle-dead-lettered-at")
         .and_then(|at| at.parse::<u64>().ok())
         .and_then(|at| {

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow};
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -32,39 +31,23 @@ pub async fn connect(url: &Secret, name: &str) -> anyhow::Result<Connection> {
 /// Declares a route's exchanges, work queue, bindings and dead-letter
 /// queue. Declaring what exists with the same settings changes nothing;
 /// different settings are refused by the broker and reported.
-pub async fn declare_topology(
-    channel: &Channel,
-    route_name: &str,
-    route: &Route,
-) -> anyhow::Result<()> {
+pub async fn declare_topology(channel: &Channel, route_name: &str, route: &Route) -> anyhow::Result<()> {
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
     let mut arguments = FieldTable::default();
     if route.queue_type == QueueType::Quorum {
-        arguments.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
     }
     channel
         .queue_declare(route.queue.as_str().into(), durable, arguments.clone())
         .await
         .with_context(|| format!("route {route_name}: declaring queue {}", route.queue))?;
     channel
-        .queue_declare(
-            route.dead_letter_queue().as_str().into(),
-            durable,
-            arguments.clone(),
-        )
+        .queue_declare(route.dead_letter_queue().as_str().into(), durable, arguments.clone())
         .await
-        .with_context(|| {
-            format!(
-                "route {route_name}: declaring queue {}",
-                route.dead_letter_queue()
-            )
-        })?;
+        .with_context(|| format!("route {route_name}: declaring queue {}", route.dead_letter_queue()))?;
     for (delay, retry_queue) in route.retry_queues() {
         // Messages wait out the delay here, then the broker dead-letters
         // them back into the work queue: no plugin needed.
@@ -72,10 +55,7 @@ pub async fn declare_topology(
         let ttl = i32::try_from(delay.as_millis()).unwrap_or(i32::MAX);
         retry_arguments.insert("x-message-ttl".into(), AMQPValue::LongInt(ttl));
         retry_arguments.insert("x-dead-letter-exchange".into(), text(""));
-        retry_arguments.insert(
-            "x-dead-letter-routing-key".into(),
-            text(route.queue.as_str()),
-        );
+        retry_arguments.insert("x-dead-letter-routing-key".into(), text(route.queue.as_str()));
         channel
             .queue_declare(retry_queue.as_str().into(), durable, retry_arguments)
             .await
@@ -93,12 +73,7 @@ pub async fn declare_topology(
                 FieldTable::default(),
             )
             .await
-            .with_context(|| {
-                format!(
-                    "route {route_name}: declaring topic exchange {}",
-                    binding.exchange
-                )
-            })?;
+            .with_context(|| format!("route {route_name}: declaring topic exchange {}", binding.exchange))?;
         channel
             .queue_bind(
                 route.queue.as_str().into(),
@@ -158,9 +133,7 @@ impl Publisher {
                 properties,
             )
             .await
-            .with_context(|| {
-                format!("publishing to exchange {exchange:?} with key {routing_key:?}")
-            })?
+            .with_context(|| format!("publishing to exchange {exchange:?} with key {routing_key:?}"))?
             .await
             .with_context(|| format!("confirming a publish to exchange {exchange:?}"))?;
         let target = format!("exchange {exchange:?} with routing key {routing_key:?}");
@@ -184,11 +157,7 @@ impl Publisher {
         if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
             return Ok(channel.clone());
         }
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .context("opening a channel")?;
+        let channel = self.connection.create_channel().await.context("opening a channel")?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await

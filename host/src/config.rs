@@ -42,6 +42,9 @@ pub struct Amqp {
     /// How long a shutdown waits for messages in flight.
     #[serde(default = "defaults::shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,
+    /// Where `passerelle deploy` publishes components for every host.
+    #[serde(default = "defaults::control_exchange")]
+    pub control_exchange: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -230,9 +233,7 @@ impl Limits {
         let defaults = GuestLimits::default();
         GuestLimits {
             time: self.time.unwrap_or(defaults.time),
-            memory: self
-                .memory
-                .map_or(defaults.memory, |size| size.as_u64() as usize),
+            memory: self.memory.map_or(defaults.memory, |size| size.as_u64() as usize),
         }
     }
 }
@@ -255,9 +256,7 @@ impl Route {
             .delays
             .iter()
             .map(|delay| {
-                let label = humantime::format_duration(*delay)
-                    .to_string()
-                    .replace(' ', "");
+                let label = humantime::format_duration(*delay).to_string().replace(' ', "");
                 (*delay, format!("{}.retry.{label}", self.queue))
             })
             .collect()
@@ -319,13 +318,8 @@ impl Config {
             key,
             problem: substituted.hide_in(&problem),
         };
-        let mut tree: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| {
-            error(
-                &substituted,
-                "(syntax)".into(),
-                format!("not valid YAML: {e}"),
-            )
-        })?;
+        let mut tree: serde_json::Value = serde_saphyr::from_str(text)
+            .map_err(|e| error(&substituted, "(syntax)".into(), format!("not valid YAML: {e}")))?;
         env::interpolate(&mut tree, &mut Vec::new(), &mut substituted)
             .map_err(|(key, problem)| error(&substituted, key, problem))?;
         let raw: RawConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
@@ -337,8 +331,7 @@ impl Config {
             endpoints: raw.endpoints,
             routes: raw.routes,
         };
-        validate::check(&mut config, base)
-            .map_err(|(key, problem)| error(&substituted, key, problem))?;
+        validate::check(&mut config, base).map_err(|(key, problem)| error(&substituted, key, problem))?;
         Ok(config)
     }
 }
@@ -348,6 +341,9 @@ mod defaults {
 
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn control_exchange() -> String {
+        "passerelle.control".into()
     }
     pub fn http_timeout() -> Duration {
         Duration::from_secs(10)
@@ -397,9 +393,7 @@ mod duration {
     pub mod list {
         use super::*;
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(
-            deserializer: D,
-        ) -> Result<Vec<Duration>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Duration>, D::Error> {
             let texts = Vec::<String>::deserialize(deserializer)?;
             texts
                 .iter()
@@ -411,9 +405,7 @@ mod duration {
     pub mod option {
         use super::*;
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(
-            deserializer: D,
-        ) -> Result<Option<Duration>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
             super::deserialize(deserializer).map(Some)
         }
     }

@@ -105,9 +105,11 @@ impl Http {
             .endpoints
             .get(endpoint)
             .ok_or_else(|| DeliveryError::permanent(format!("unknown endpoint {endpoint:?}")))?;
-        let declared = target.config.operations.get(operation).ok_or_else(|| {
-            DeliveryError::permanent(format!("unknown operation {endpoint}.{operation}"))
-        })?;
+        let declared = target
+            .config
+            .operations
+            .get(operation)
+            .ok_or_else(|| DeliveryError::permanent(format!("unknown operation {endpoint}.{operation}")))?;
         let name = format!("{endpoint}.{operation}");
         let request = build_request(&target.config.base_url, declared, args)
             .map_err(|problem| DeliveryError::permanent(format!("call to {name}: {problem}")))?;
@@ -171,11 +173,7 @@ impl Http {
         }
         builder = target.auth.apply(&self.client, builder).await?;
         builder.send().await.map_err(|e| {
-            let kind = if e.is_timeout() {
-                "timed out"
-            } else {
-                "failed"
-            };
+            let kind = if e.is_timeout() { "timed out" } else { "failed" };
             DeliveryError::temporary(format!("{name}: request {kind}: {}", e.without_url()))
         })
     }
@@ -190,9 +188,8 @@ async fn classify(response: reqwest::Response, name: &str) -> Result<u16, Delive
     }
     let retry_after = retry_after(response.headers());
     let body = response.text().await.unwrap_or_default();
-    let temporary = status.is_server_error()
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS;
+    let temporary =
+        status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS;
     Err(DeliveryError {
         temporary,
         reason: format!("{name}: HTTP {status}{}", excerpt(&body)),
@@ -208,10 +205,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs(seconds));
     }
     let date = httpdate::parse_http_date(value).ok()?;
-    Some(
-        date.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+    Some(date.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
 /// The start of an error body: often the only clue to a 4xx.

@@ -7,6 +7,7 @@ pub mod amqp;
 pub mod config;
 pub mod delivery;
 pub mod pipeline;
+pub mod reload;
 pub mod runtime;
 pub mod service;
 pub mod version;

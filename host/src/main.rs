@@ -9,9 +9,9 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use passerelle::config::Config;
 use passerelle::runtime::{
-    GuestLimits, LoadError, Message, RouteContext, Runtime, Transform, TransformFailure,
+    ComponentCache, GuestLimits, LoadError, Message, RouteContext, Runtime, Transform, TransformFailure,
 };
-use passerelle::{admin, amqp, service};
+use passerelle::{admin, amqp, reload, service};
 use tokio_util::sync::CancellationToken;
 
 /// Exit codes a script can tell apart (documented in the README).
@@ -21,6 +21,7 @@ mod exit {
     pub const RETRY: u8 = 11;
     pub const TRAP: u8 = 12;
     pub const BAD_COMPONENT: u8 = 13;
+    pub const FIXTURES_FAILED: u8 = 14;
 }
 
 #[derive(Parser)]
@@ -50,6 +51,22 @@ enum Command {
     /// Inspect, replay or purge a route's dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Swap a route's transform on every running host, through the broker.
+    /// The component is checked here first (world, fixtures beside it):
+    /// a bad one is published nowhere.
+    Deploy {
+        route: String,
+        /// The component; `<name>.fixtures.json` beside it travels with it.
+        component: PathBuf,
+        #[arg(long, env = "PASSERELLE_CONFIG", default_value = "passerelle.yaml")]
+        config: PathBuf,
+    },
+    /// Return every host to the version deployed before the current one.
+    Rollback {
+        route: String,
+        #[arg(long, env = "PASSERELLE_CONFIG", default_value = "passerelle.yaml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +140,9 @@ struct TransformArgs {
     attempt: u32,
     #[command(flatten)]
     limits: LimitArgs,
+    /// Instead of reading a message, check these fixtures (exit 14 if any fails).
+    #[arg(long, value_name = "FILE")]
+    fixtures: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -160,10 +180,16 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Transform(args) => transform(args).await,
-            Command::Check(args) => check(args),
+            Command::Check(args) => check(args).await,
             Command::Run(args) => run(args).await,
             Command::Publish(args) => publish(args).await,
             Command::Dlq(command) => dlq(command).await,
+            Command::Deploy {
+                route,
+                component,
+                config,
+            } => deploy(&route, &component, &config).await,
+            Command::Rollback { route, config } => rollback(&route, &config).await,
         }
     });
     match result {
@@ -190,6 +216,17 @@ async fn transform(args: TransformArgs) -> anyhow::Result<u8> {
         Ok(transform) => transform,
         Err(code) => return Ok(code),
     };
+    let route = RouteContext {
+        route: "cli".into(),
+        config: Arc::new(args.config.into_iter().collect()),
+        limits: GuestLimits {
+            time: args.limits.time_limit,
+            memory: args.limits.memory_limit.as_u64() as usize,
+        },
+    };
+    if let Some(path) = &args.fixtures {
+        return check_fixtures(&runtime, &transform, &route, path).await;
+    }
     let mut body = Vec::new();
     std::io::stdin().read_to_end(&mut body)?;
     let message = Message {
@@ -199,14 +236,6 @@ async fn transform(args: TransformArgs) -> anyhow::Result<u8> {
         headers: args.headers,
         message_id: args.message_id,
         attempt: args.attempt,
-    };
-    let route = RouteContext {
-        route: "cli".into(),
-        config: Arc::new(args.config.into_iter().collect()),
-        limits: GuestLimits {
-            time: args.limits.time_limit,
-            memory: args.limits.memory_limit.as_u64() as usize,
-        },
     };
     match runtime.run(&transform, &route, &message).await {
         Ok(actions) => {
@@ -225,11 +254,31 @@ async fn transform(args: TransformArgs) -> anyhow::Result<u8> {
     }
 }
 
-fn check(args: CheckArgs) -> anyhow::Result<u8> {
+async fn check_fixtures(
+    runtime: &Runtime,
+    transform: &Transform,
+    route: &RouteContext,
+    path: &Path,
+) -> anyhow::Result<u8> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let fixtures = reload::parse_fixtures(&text, &path.display().to_string()).map_err(anyhow::Error::msg)?;
+    match reload::check_fixtures(runtime, transform, route, &fixtures).await {
+        Ok(()) => {
+            println!("ok: {} fixture(s) passed", fixtures.len());
+            Ok(0)
+        }
+        Err(failures) => {
+            eprintln!("fixtures failed: {failures}");
+            Ok(exit::FIXTURES_FAILED)
+        }
+    }
+}
+
+async fn check(args: CheckArgs) -> anyhow::Result<u8> {
     let runtime = Runtime::new()?;
     if let Some(path) = args.config {
         let config = Config::load(&path)?;
-        let pipelines = service::load_pipelines(&config, &runtime)?;
+        let pipelines = service::load_pipelines(&config, &runtime).await?;
         for pipeline in pipelines {
             println!(
                 "ok: route {} ({} -> version {})",
@@ -259,10 +308,12 @@ fn check(args: CheckArgs) -> anyhow::Result<u8> {
 async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let config = Config::load(&args.config)?;
     let runtime = Runtime::new()?;
-    let pipelines = service::load_pipelines(&config, &runtime)?;
+    let runtime = runtime.with_cache(&ComponentCache::default_dir())?;
+    let pipelines = service::load_pipelines(&config, &runtime).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    service::run(&config, &pipelines, shutdown).await?;
+    reload::watch_components(&pipelines, &runtime, shutdown.clone())?;
+    service::run(&config, &pipelines, &runtime, shutdown).await?;
     tracing::info!("stopped");
     Ok(0)
 }
@@ -270,10 +321,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
 /// SIGTERM or SIGINT asks for a clean stop.
 async fn cancel_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot listen for signals");
         return;
     };
@@ -289,10 +337,8 @@ async fn publish(args: PublishArgs) -> anyhow::Result<u8> {
     let config = Config::load(&args.config)?;
     let mut body = Vec::new();
     std::io::stdin().read_to_end(&mut body)?;
-    let connection =
-        std::sync::Arc::new(amqp::connect(&config.amqp.url, "passerelle-publish").await?);
-    let mut properties =
-        lapin::BasicProperties::default().with_content_type(args.content_type.as_str().into());
+    let connection = std::sync::Arc::new(amqp::connect(&config.amqp.url, "passerelle-publish").await?);
+    let mut properties = lapin::BasicProperties::default().with_content_type(args.content_type.as_str().into());
     if let Some(id) = &args.message_id {
         properties = properties.with_message_id(id.as_str().into());
     }
@@ -307,11 +353,34 @@ async fn publish(args: PublishArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+async fn deploy(route: &str, component: &Path, config: &Path) -> anyhow::Result<u8> {
+    let config = Config::load(config)?;
+    let runtime = Runtime::new()?;
+    let bytes = std::fs::read(component).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", component.display()))?;
+    let fixtures = reload::read_fixtures(&reload::fixtures_path(component)).map_err(anyhow::Error::msg)?;
+    match admin::deploy(&config, &runtime, route, bytes, fixtures).await? {
+        Ok(version) => {
+            println!("deployed {version} to route {route} on every host");
+            Ok(0)
+        }
+        Err(reason) => {
+            eprintln!("refused, nothing deployed: {reason}");
+            Ok(exit::BAD_COMPONENT)
+        }
+    }
+}
+
+async fn rollback(route: &str, config: &Path) -> anyhow::Result<u8> {
+    let config = Config::load(config)?;
+    let runtime = Runtime::new()?;
+    let (from, to) = admin::rollback(&config, &runtime, route).await?;
+    println!("rolled route {route} back from {from} to {to} on every host");
+    Ok(0)
+}
+
 async fn dlq(command: DlqCommand) -> anyhow::Result<u8> {
     let target = match &command {
-        DlqCommand::List(target)
-        | DlqCommand::Purge(target)
-        | DlqCommand::Replay { target, .. } => target,
+        DlqCommand::List(target) | DlqCommand::Purge(target) | DlqCommand::Replay { target, .. } => target,
     };
     let config = Config::load(&target.config)?;
     let route = admin::route(&config, &target.route)?;
@@ -350,9 +419,9 @@ fn print_dead_letters(letters: &[admin::DeadLetter]) {
         "MESSAGE ID", "ATTEMPTS", "STATUS", "VERSION", "AGE"
     );
     for letter in letters {
-        let age = letter.age.map_or("?".into(), |age| {
-            humantime::format_duration(age).to_string()
-        });
+        let age = letter
+            .age
+            .map_or("?".into(), |age| humantime::format_duration(age).to_string());
         println!(
             "{:<24} {:>8} {:>6} {:<12} {:>8}  {}",
             letter.message_id.as_deref().unwrap_or("-"),
@@ -367,8 +436,7 @@ fn print_dead_letters(letters: &[admin::DeadLetter]) {
 
 /// Loads a component, or reports why it was refused and the exit code to use.
 fn load_component(runtime: &Runtime, path: &Path) -> anyhow::Result<Result<Transform, u8>> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| anyhow::anyhow!("cannot read component {}: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read component {}: {e}", path.display()))?;
     Ok(runtime.load(&bytes).map_err(|error: LoadError| {
         eprintln!("refused: {}: {error}", path.display());
         exit::BAD_COMPONENT

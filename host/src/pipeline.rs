@@ -14,9 +14,7 @@ use rand::Rng as _;
 use crate::amqp::{self, ATTEMPT_HEADER, Publisher, VERSION_HEADER};
 use crate::config::Route;
 use crate::delivery::{CallContext, DeliveryError, Http};
-use crate::runtime::{
-    Action, Message, RouteContext, Runtime, Transform, TransformFailure, TransformSlot,
-};
+use crate::runtime::{Action, Message, RouteContext, Runtime, Transform, TransformFailure, TransformSlot};
 use crate::version::Version;
 
 /// Why a message did not go through, with what its dead letter records.
@@ -69,18 +67,8 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(
-        name: &str,
-        route: &Route,
-        transform: Arc<TransformSlot>,
-        runtime: Runtime,
-        http: Arc<Http>,
-    ) -> Self {
-        let context = RouteContext {
-            route: name.to_string(),
-            config: Arc::new(route.config.clone()),
-            limits: route.limits.guest(),
-        };
+    pub fn new(name: &str, route: &Route, transform: Arc<TransformSlot>, runtime: Runtime, http: Arc<Http>) -> Self {
+        let context = Self::context_for(name, route);
         Self {
             name: name.to_string(),
             route: route.clone(),
@@ -89,6 +77,20 @@ impl Pipeline {
             runtime,
             http,
         }
+    }
+
+    /// What a route's transform runs with.
+    pub fn context_for(name: &str, route: &Route) -> RouteContext {
+        RouteContext {
+            route: name.to_string(),
+            config: Arc::new(route.config.clone()),
+            limits: route.limits.guest(),
+        }
+    }
+
+    /// What the route's transform runs with.
+    pub fn context(&self) -> &RouteContext {
+        &self.context
     }
 
     /// Waits until every endpoint this route calls may take requests, so
@@ -109,14 +111,8 @@ impl Pipeline {
                 Ok(())
             }
             Err(failure) => match self.delayed_retry_queue(&message, failure) {
-                Some(queue) => {
-                    self.retry_later(&delivery, &message, failure, &queue, publisher)
-                        .await
-                }
-                None => {
-                    self.dead_letter(&delivery, &message, failure, publisher)
-                        .await
-                }
+                Some(queue) => self.retry_later(&delivery, &message, failure, &queue, publisher).await,
+                None => self.dead_letter(&delivery, &message, failure, publisher).await,
             },
         };
         let result = match settled {
@@ -138,11 +134,7 @@ impl Pipeline {
 
     /// Tries the whole message (transform and actions), retrying temporary
     /// failures in process with exponential backoff and full jitter.
-    pub async fn process(
-        &self,
-        message: &Message,
-        publisher: &Publisher,
-    ) -> Result<Version, Failure> {
+    pub async fn process(&self, message: &Message, publisher: &Publisher) -> Result<Version, Failure> {
         let mut retries = 0;
         loop {
             let transform = self.transform.current();
@@ -162,12 +154,7 @@ impl Pipeline {
         }
     }
 
-    async fn try_once(
-        &self,
-        transform: &Transform,
-        message: &Message,
-        publisher: &Publisher,
-    ) -> Result<(), Failure> {
+    async fn try_once(&self, transform: &Transform, message: &Message, publisher: &Publisher) -> Result<(), Failure> {
         let version = &transform.version;
         let actions = self
             .runtime
@@ -175,8 +162,7 @@ impl Pipeline {
             .await
             .map_err(|failure| Failure::from_transform(failure, version))?;
         for (index, action) in actions.iter().enumerate() {
-            self.perform(action, index, message, version, publisher)
-                .await?;
+            self.perform(action, index, message, version, publisher).await?;
         }
         Ok(())
     }
@@ -242,11 +228,7 @@ impl Pipeline {
             return None;
         }
         let step = usize::try_from(message.attempt).ok()? - 1;
-        self.route
-            .retry_queues()
-            .into_iter()
-            .nth(step)
-            .map(|(_, queue)| queue)
+        self.route.retry_queues().into_iter().nth(step).map(|(_, queue)| queue)
     }
 
     /// Parks the message in a delayed-retry queue; the broker puts it back
@@ -264,18 +246,10 @@ impl Pipeline {
             attempt = message.attempt, "retrying later through {queue}: {}", failure.reason
         );
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            ATTEMPT_HEADER.into(),
-            amqp::text((message.attempt + 1).to_string()),
-        );
-        headers.insert(
-            "x-passerelle-last-reason".into(),
-            amqp::text(failure.reason.as_str()),
-        );
+        headers.insert(ATTEMPT_HEADER.into(), amqp::text((message.attempt + 1).to_string()));
+        headers.insert("x-passerelle-last-reason".into(), amqp::text(failure.reason.as_str()));
         let properties = delivery.properties.clone().with_headers(headers);
-        publisher
-            .publish("", queue, &delivery.data, properties)
-            .await
+        publisher.publish("", queue, &delivery.data, properties).await
     }
 
     /// Copies the message to the route's dead-letter queue with headers
@@ -299,26 +273,15 @@ impl Pipeline {
         set("x-passerelle-route", self.name.clone());
         set(VERSION_HEADER, failure.version.to_string());
         set(ATTEMPT_HEADER, message.attempt.to_string());
-        set(
-            "x-passerelle-original-exchange",
-            delivery.exchange.to_string(),
-        );
-        set(
-            "x-passerelle-original-routing-key",
-            delivery.routing_key.to_string(),
-        );
+        set("x-passerelle-original-exchange", delivery.exchange.to_string());
+        set("x-passerelle-original-routing-key", delivery.routing_key.to_string());
         set("x-passerelle-dead-lettered-at", unix_seconds().to_string());
         if let Some(status) = failure.status {
             set("x-passerelle-http-status", status.to_string());
         }
         let properties = delivery.properties.clone().with_headers(headers);
         publisher
-            .publish(
-                "",
-                &self.route.dead_letter_queue(),
-                &delivery.data,
-                properties,
-            )
+            .publish("", &self.route.dead_letter_queue(), &delivery.data, properties)
             .await
     }
 }
@@ -334,18 +297,10 @@ pub fn message_of(delivery: &Delivery) -> Message {
     let attempt = counted + u32::from(delivery.redelivered);
     Message {
         body: delivery.data.clone(),
-        content_type: delivery
-            .properties
-            .content_type()
-            .as_ref()
-            .map(|c| c.to_string()),
+        content_type: delivery.properties.content_type().as_ref().map(|c| c.to_string()),
         routing_key: delivery.routing_key.to_string(),
         headers: amqp::headers_as_text(headers),
-        message_id: delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.to_string()),
+        message_id: delivery.properties.message_id().as_ref().map(|m| m.to_string()),
         attempt,
     }
 }
@@ -354,9 +309,7 @@ pub fn message_of(delivery: &Delivery) -> Message {
 /// action, so the target can drop repeats.
 pub fn idempotency_key(route: &str, message: &Message, action_index: usize) -> String {
     let id = match &message.message_id {
-        Some(id) => {
-            percent_encoding::utf8_percent_encode(id, crate::delivery::UNRESERVED).to_string()
-        }
+        Some(id) => percent_encoding::utf8_percent_encode(id, crate::delivery::UNRESERVED).to_string(),
         // Without an id, the content is the identity.
         None => format!("sha256-{}", Version::of(&message.body)),
     };
@@ -406,10 +359,7 @@ mod tests {
             body: b"{}".to_vec(),
             ..Default::default()
         };
-        assert_eq!(
-            idempotency_key("r", &anonymous, 0),
-            idempotency_key("r", &anonymous, 0)
-        );
+        assert_eq!(idempotency_key("r", &anonymous, 0), idempotency_key("r", &anonymous, 0));
         assert!(idempotency_key("r", &anonymous, 0).starts_with("r:sha256-"));
     }
 }

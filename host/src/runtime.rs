@@ -7,10 +7,11 @@
 //! does, the outcome is a [`TransformFailure`] for that message, never a
 //! failure of the host.
 
+mod cache;
 mod guest;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::anyhow;
 use serde::{Deserialize, Serialize};
@@ -20,22 +21,28 @@ use wasmtime::{Config, Engine, Store, Trap};
 use crate::version::Version;
 use guest::{GuestState, bindings};
 
+pub use cache::{ComponentCache, write_atomically};
 pub use guest::GuestLimits;
 
 /// How often the epoch advances: the granularity of time limits.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Wall time a call may take beyond its limit before it counts as stuck.
+const PARKED_GRACE: Duration = Duration::from_secs(1);
 
 /// Compiles and runs transforms. One per process; cheap to share.
 #[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<GuestState>>,
+    cache: Option<Arc<ComponentCache>>,
 }
 
 /// A compiled component that fits the world, ready to instantiate.
 #[derive(Clone)]
 pub struct Transform {
     pub version: Version,
+    /// Whether the machine code came from the on-disk cache.
+    pub from_cache: bool,
     pre: bindings::TransformPre<GuestState>,
 }
 
@@ -137,42 +144,60 @@ impl Runtime {
     pub fn new() -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
-        let engine =
-            Engine::new(&config).map_err(|e| anyhow!("creating the WebAssembly engine: {e:#}"))?;
+        let engine = Engine::new(&config).map_err(|e| anyhow!("creating the WebAssembly engine: {e:#}"))?;
         spawn_epoch_ticker(&engine);
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| anyhow!("linking WASI: {e:#}"))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow!("linking WASI: {e:#}"))?;
         bindings::Transform::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| anyhow!("linking the host interface: {e:#}"))?;
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            cache: None,
         })
+    }
+
+    /// Keeps compiled components in `dir`, so that a restart does not
+    /// recompile them.
+    pub fn with_cache(mut self, dir: &std::path::Path) -> anyhow::Result<Self> {
+        self.cache = Some(Arc::new(ComponentCache::open(dir, &self.engine)?));
+        Ok(self)
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
-    /// Compiles a component and checks it against the world.
+    /// Compiles a component (or takes it from the cache) and checks it
+    /// against the world. CPU-heavy: keep it off the message path.
     pub fn load(&self, bytes: &[u8]) -> Result<Transform, LoadError> {
         ensure_component(bytes)?;
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        self.prepare(component, Version::of(bytes))
+        let cached = self.cache.as_ref().and_then(|cache| cache.get(&self.engine, bytes));
+        let from_cache = cached.is_some();
+        let component = match cached {
+            Some(component) => component,
+            None => Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?,
+        };
+        let transform = self.prepare(component.clone(), Version::of(bytes), from_cache)?;
+        if let (Some(cache), false) = (&self.cache, from_cache) {
+            cache.put(bytes, &component);
+        }
+        Ok(transform)
     }
 
-    /// Checks an already compiled component against the world.
-    pub fn prepare(&self, component: Component, version: Version) -> Result<Transform, LoadError> {
+    /// Checks a compiled component against the world.
+    fn prepare(&self, component: Component, version: Version, from_cache: bool) -> Result<Transform, LoadError> {
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        let pre = bindings::TransformPre::new(pre)
-            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        Ok(Transform { version, pre })
+        let pre = bindings::TransformPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        Ok(Transform {
+            version,
+            from_cache,
+            pre,
+        })
     }
 
     /// Runs one message through a fresh instance of `transform`.
@@ -190,13 +215,12 @@ impl Runtime {
 
         let call = async {
             let instance = transform.pre.instantiate_async(&mut store).await?;
-            instance
-                .call_transform(&mut store, &message.to_guest())
-                .await
+            instance.call_transform(&mut store, &message.to_guest()).await
         };
-        // The epoch deadline stops guest code; this outer bound also stops a
-        // guest parked in a host call (a WASI sleep, say).
-        let outcome = tokio::time::timeout(limits.time + EPOCH_TICK * 10, call).await;
+        // The epoch deadline stops guest code; this outer bound, in wall
+        // time and so generous, also stops a guest parked in a host call
+        // (a WASI sleep, say).
+        let outcome = tokio::time::timeout(limits.time * 4 + PARKED_GRACE, call).await;
         match outcome {
             Err(_elapsed) => Err(time_limit_failure(limits.time)),
             Ok(Ok(Ok(actions))) => actions.into_iter().map(Action::from_guest).collect(),
@@ -222,20 +246,22 @@ fn ensure_component(bytes: &[u8]) -> Result<(), LoadError> {
         MODULE_LAYER => Err(LoadError::NotAComponent(
             "a core WebAssembly module, not a component: build for wasm32-wasip2".into(),
         )),
-        _ => Err(LoadError::NotAComponent(
-            "unknown WebAssembly version or layer".into(),
-        )),
+        _ => Err(LoadError::NotAComponent("unknown WebAssembly version or layer".into())),
     }
 }
 
 /// A deadline callback every tick: guest code yields to the async runtime
-/// (so a busy guest never starves other messages) and is stopped once the
-/// limit has passed.
+/// (so a busy guest never starves other messages) and is stopped once it
+/// has run for the limit. Only ticks that find the guest running count, so
+/// the limit is close to the guest's CPU time: waiting for a core on a
+/// loaded machine does not fail a message.
 fn arm_time_limit(store: &mut Store<GuestState>, limit: Duration) {
-    let started = Instant::now();
+    let allowed_ticks = (limit.as_micros() / EPOCH_TICK.as_micros()).max(1);
+    let mut ticks_run = 0;
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
-        if started.elapsed() >= limit {
+        ticks_run += 1;
+        if ticks_run >= allowed_ticks {
             Err(Trap::Interrupt.into())
         } else {
             Ok(wasmtime::UpdateDeadline::Yield(1))
@@ -265,11 +291,7 @@ fn time_limit_failure(limit: Duration) -> TransformFailure {
     ))
 }
 
-fn describe_trap(
-    error: &wasmtime::Error,
-    state: &GuestState,
-    limits: GuestLimits,
-) -> TransformFailure {
+fn describe_trap(error: &wasmtime::Error, state: &GuestState, limits: GuestLimits) -> TransformFailure {
     if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
         return time_limit_failure(limits.time);
     }
@@ -306,9 +328,7 @@ impl Message {
 }
 
 impl Action {
-    fn from_guest(
-        action: bindings::passerelle::transform::types::Action,
-    ) -> Result<Self, TransformFailure> {
+    fn from_guest(action: bindings::passerelle::transform::types::Action) -> Result<Self, TransformFailure> {
         use bindings::passerelle::transform::types::Action as Guest;
         Ok(match action {
             Guest::Call(call) => Action::Call {
@@ -363,8 +383,13 @@ mod text_bytes {
         serializer.serialize_str(&String::from_utf8_lossy(bytes))
     }
 
+    /// A string is taken as it is; any other JSON value (a fixture's body
+    /// written as an object, say) is taken as its JSON text.
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-        Ok(String::deserialize(deserializer)?.into_bytes())
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(text) => Ok(text.into_bytes()),
+            other => serde_json::to_vec(&other).map_err(serde::de::Error::custom),
+        }
     }
 }
 

@@ -20,35 +20,42 @@ use crate::amqp::{self, Publisher};
 use crate::config::Config;
 use crate::delivery::Http;
 use crate::pipeline::Pipeline;
+use crate::reload::{self, fleet};
 use crate::runtime::{Runtime, TransformSlot};
 
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 
-/// Loads each route's component; a bad one refuses the start, naming the
-/// route and the file.
-pub fn load_pipelines(config: &Config, runtime: &Runtime) -> anyhow::Result<Vec<Arc<Pipeline>>> {
+/// Loads each route's component and checks it against its fixtures; a bad
+/// one refuses the start, naming the route and the file.
+pub async fn load_pipelines(config: &Config, runtime: &Runtime) -> anyhow::Result<Vec<Arc<Pipeline>>> {
     let http = Arc::new(Http::new(&config.endpoints)?);
-    config
-        .routes
-        .iter()
-        .map(|(name, route)| {
-            let file = route.transform.display();
-            let bytes = std::fs::read(&route.transform)
-                .with_context(|| format!("route {name}: reading transform {file}"))?;
-            let transform = runtime
-                .load(&bytes)
-                .map_err(|e| anyhow!("route {name}: transform {file} refused: {e}"))?;
-            tracing::info!(route = %name, version = %transform.version, "loaded transform {file}");
-            let slot = Arc::new(TransformSlot::new(transform));
-            Ok(Arc::new(Pipeline::new(
-                name,
-                route,
-                slot,
-                runtime.clone(),
-                http.clone(),
-            )))
-        })
-        .collect()
+    let mut pipelines = Vec::new();
+    for (name, route) in &config.routes {
+        let file = route.transform.display();
+        let bytes =
+            std::fs::read(&route.transform).with_context(|| format!("route {name}: reading transform {file}"))?;
+        let fixtures = reload::read_fixtures(&reload::fixtures_path(&route.transform))
+            .map_err(|e| anyhow!("route {name}: {e}"))?;
+        let context = Pipeline::context_for(name, route);
+        let transform = reload::validate(runtime, bytes, &context, fixtures.as_deref())
+            .await
+            .map_err(|e| anyhow!("route {name}: transform {file} refused: {e}"))?;
+        let source = if transform.from_cache {
+            "from the compile cache"
+        } else {
+            "compiled"
+        };
+        tracing::info!(route = %name, version = %transform.version, "loaded transform {file} ({source})");
+        let slot = Arc::new(TransformSlot::new(transform));
+        pipelines.push(Arc::new(Pipeline::new(
+            name,
+            route,
+            slot,
+            runtime.clone(),
+            http.clone(),
+        )));
+    }
+    Ok(pipelines)
 }
 
 /// Serves until `shutdown` is cancelled, reconnecting whenever the broker
@@ -57,6 +64,7 @@ pub fn load_pipelines(config: &Config, runtime: &Runtime) -> anyhow::Result<Vec<
 pub async fn run(
     config: &Config,
     pipelines: &[Arc<Pipeline>],
+    runtime: &Runtime,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut delay = Duration::from_secs(1);
@@ -83,13 +91,14 @@ pub async fn run(
             tracing::warn!("{error:#}");
             continue;
         }
+        // A host started after a deploy takes it before consuming.
+        if let Err(error) = fleet::apply_latest(&connection, &config.amqp.control_exchange, pipelines, runtime).await {
+            tracing::warn!("could not read the deploy history: {error:#}");
+        }
         first = false;
         delay = Duration::from_secs(1);
-        tracing::info!(
-            "connected to the broker; consuming {} route(s)",
-            pipelines.len()
-        );
-        match serve(&connection, config, pipelines, &shutdown).await {
+        tracing::info!("connected to the broker; consuming {} route(s)", pipelines.len());
+        match serve(&connection, config, pipelines, runtime, &shutdown).await {
             Ok(()) => {
                 let _ = connection.close(200, "shutting down".into()).await;
                 return Ok(());
@@ -111,13 +120,12 @@ async fn wait_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool
 }
 
 async fn declare_all(connection: &Connection, config: &Config) -> anyhow::Result<()> {
-    let channel = connection
-        .create_channel()
-        .await
-        .context("opening a channel")?;
+    let channel = connection.create_channel().await.context("opening a channel")?;
     for (name, route) in &config.routes {
         amqp::declare_topology(&channel, name, route).await?;
     }
+    let routes: Vec<String> = config.routes.keys().cloned().collect();
+    fleet::declare(&channel, &config.amqp.control_exchange, &routes).await?;
     let _ = channel.close(200, "topology declared".into()).await;
     Ok(())
 }
@@ -128,9 +136,17 @@ async fn serve(
     connection: &Arc<Connection>,
     config: &Config,
     pipelines: &[Arc<Pipeline>],
+    runtime: &Runtime,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut consumers = JoinSet::new();
+    consumers.spawn(fleet::listen(
+        connection.clone(),
+        config.amqp.control_exchange.clone(),
+        pipelines.to_vec(),
+        runtime.clone(),
+        shutdown.clone(),
+    ));
     for pipeline in pipelines {
         let consumer = consume(
             connection.clone(),
@@ -154,10 +170,7 @@ async fn consume(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let route = &pipeline.route;
-    let channel = connection
-        .create_channel()
-        .await
-        .context("opening a channel")?;
+    let channel = connection.create_channel().await.context("opening a channel")?;
     channel
         .basic_qos(route.prefetch(), BasicQosOptions::default())
         .await
@@ -212,10 +225,7 @@ async fn consume(
 /// Lets the messages in flight finish, up to `grace`; the rest stay
 /// unacked and the broker redelivers them.
 async fn drain(route: &str, mut in_flight: JoinSet<()>, grace: Duration) {
-    let finished = tokio::time::timeout(grace, async {
-        while in_flight.join_next().await.is_some() {}
-    })
-    .await;
+    let finished = tokio::time::timeout(grace, async { while in_flight.join_next().await.is_some() {} }).await;
     if finished.is_err() {
         tracing::warn!(
             route,

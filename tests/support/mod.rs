@@ -10,19 +10,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// A shipped transform, as built by scripts/build-transforms.
@@ -55,16 +50,11 @@ pub fn unique_suffix() -> String {
 }
 
 pub fn json(bytes: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+    serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
 }
 
 /// Polls `check` until it returns Some, or panics after `timeout`.
-pub async fn eventually<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
+pub async fn eventually<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = check().await {
@@ -129,13 +119,7 @@ impl Broker {
         name
     }
 
-    pub async fn publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        message_id: Option<&str>,
-    ) {
+    pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8], message_id: Option<&str>) {
         let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2);
@@ -263,9 +247,7 @@ impl Drop for Broker {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                let Ok(connection) =
-                    Connection::connect(AMQP_URL, ConnectionProperties::default()).await
-                else {
+                let Ok(connection) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await else {
                     return;
                 };
                 let Ok(channel) = connection.create_channel().await else {
@@ -303,9 +285,7 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(&name.to_ascii_lowercase())
-            .map(String::as_str)
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
     }
 }
 
@@ -368,9 +348,7 @@ impl HttpServer {
         let state = Arc::new(Mutex::new(ServerState::default()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let app = axum::Router::new()
-            .fallback(record)
-            .with_state(state.clone());
+        let app = axum::Router::new().fallback(record).with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self { port, state }
     }
@@ -419,10 +397,7 @@ async fn record(
     request: axum::extract::Request,
 ) -> axum::response::Response {
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .unwrap()
-        .to_vec();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap().to_vec();
     let received = Received {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
@@ -457,9 +432,7 @@ fn next_reply(state: &mut ServerState, received: Received) -> Reply {
             .with_header("content-type", "application/json");
     }
     let scripted = state.script.pop_front();
-    scripted
-        .or_else(|| state.default.clone())
-        .unwrap_or(Reply::status(200))
+    scripted.or_else(|| state.default.clone()).unwrap_or(Reply::status(200))
 }
 
 /// A running `passerelle run`, its log in a file; killed when dropped.
@@ -616,7 +589,8 @@ pub const TEST_SECRETS: &[(&str, &str)] = &[
 
 pub const CRM_ACCOUNT: &str =
     r#"{"Id": "gg-11", "Name": "Eleven Labs", "Status__c": "CLIENT_ACTIVE", "Country__c": "FR"}"#;
-pub const SHOP_BUSINESS: &str = r#"{"crmId": "gg-11", "business": {"name": "Eleven Labs"}, "status": 70, "country": {"id": 76}}"#;
+pub const SHOP_BUSINESS: &str =
+    r#"{"crmId": "gg-11", "business": {"name": "Eleven Labs"}, "status": 70, "country": {"id": 76}}"#;
 
 /// One test's deployment: both shipped routes, on names of its own.
 pub struct Deployment {
@@ -627,11 +601,17 @@ pub struct Deployment {
     pub crm_queue: String,
     pub shop_exchange: String,
     pub shop_queue: String,
+    /// Deploys of this test reach only its own hosts.
+    pub control_exchange: String,
 }
 
 impl Deployment {
     pub async fn new() -> Self {
         let broker = Broker::connect().await;
+        let control_exchange = broker.exchange("passerelle.control");
+        for route in ["crm-to-shop", "shop-to-crm"] {
+            broker.also_delete_queue(&format!("{control_exchange}.history.{route}"));
+        }
         Self {
             server: HttpServer::start().await,
             config_dir: ConfigDir::new(),
@@ -639,19 +619,33 @@ impl Deployment {
             crm_queue: broker.queue("crm.account.changed"),
             shop_exchange: broker.exchange("shop.events"),
             shop_queue: broker.queue("shop.business.changed"),
+            control_exchange,
             broker,
         }
     }
 
-    /// Both shipped routes; `crm_route_extra` is added to the crm-to-shop
-    /// route and `shop_endpoint_extra` to the shop endpoint (YAML lines,
-    /// indented by four spaces).
+    /// Both shipped routes, in the test's own folder; `crm_route_extra` is
+    /// added to the crm-to-shop route and `shop_endpoint_extra` to the shop
+    /// endpoint (YAML lines, indented by four spaces).
     pub fn config(&self, crm_route_extra: &str, shop_endpoint_extra: &str) -> PathBuf {
+        self.config_in(&self.config_dir, crm_route_extra, shop_endpoint_extra)
+    }
+
+    /// The same in another folder, with copies of the shipped components
+    /// there: a second host with files of its own.
+    pub fn config_in(&self, dir: &ConfigDir, crm_route_extra: &str, shop_endpoint_extra: &str) -> PathBuf {
+        for name in ["crm-to-shop", "shop-to-crm"] {
+            let copy = dir.dir.path().join(format!("{name}.wasm"));
+            if !copy.exists() {
+                std::fs::copy(transform(name), &copy).unwrap();
+            }
+        }
         let yaml = format!(
             r#"
 amqp:
   url: {amqp}
   shutdown_grace: 20s
+  control_exchange: {control_exchange}
 endpoints:
 {shop}
 {salesforce}
@@ -659,14 +653,14 @@ routes:
   crm-to-shop:
     queue: {crm_queue}
     bindings: [{{ exchange: {crm_exchange}, routing_key: "account.*" }}]
-    transform: {crm_wasm}
+    transform: crm-to-shop.wasm
     endpoints: [shop]
     concurrency: 16
 {crm_route_extra}
   shop-to-crm:
     queue: {shop_queue}
     bindings: [{{ exchange: {shop_exchange}, routing_key: "business.*" }}]
-    transform: {shop_wasm}
+    transform: shop-to-crm.wasm
     endpoints: [salesforce]
 "#,
             amqp = AMQP_URL,
@@ -674,18 +668,24 @@ routes:
             salesforce = salesforce_endpoint(&self.server),
             crm_queue = self.crm_queue,
             crm_exchange = self.crm_exchange,
-            crm_wasm = transform("crm-to-shop").display(),
             shop_queue = self.shop_queue,
             shop_exchange = self.shop_exchange,
-            shop_wasm = transform("shop-to-crm").display(),
+            control_exchange = self.control_exchange,
         );
-        self.config_dir.write("passerelle.yaml", &yaml)
+        dir.write("passerelle.yaml", &yaml)
     }
 
     pub async fn start_host(&self, config: &std::path::Path) -> Host {
-        let host = Host::start_with_env(config, TEST_SECRETS);
-        self.broker.wait_for_consumers(&self.crm_queue, 1).await;
-        self.broker.wait_for_consumers(&self.shop_queue, 1).await;
+        self.start_nth_host(config, 1, &[]).await
+    }
+
+    /// Starts a host with more environment, and waits until it is the
+    /// `nth` consumer of both queues.
+    pub async fn start_nth_host(&self, config: &std::path::Path, nth: u32, env: &[(&str, &str)]) -> Host {
+        let env: Vec<(&str, &str)> = TEST_SECRETS.iter().chain(env).copied().collect();
+        let host = Host::start_with_env(config, &env);
+        self.broker.wait_for_consumers(&self.crm_queue, nth).await;
+        self.broker.wait_for_consumers(&self.shop_queue, nth).await;
         host
     }
 
@@ -694,12 +694,7 @@ routes:
             let body = CRM_ACCOUNT.replace("gg-11", &format!("gg-{n}"));
             let id = format!("msg-{n}");
             self.broker
-                .publish(
-                    &self.crm_exchange,
-                    "account.updated",
-                    body.as_bytes(),
-                    Some(&id),
-                )
+                .publish(&self.crm_exchange, "account.updated", body.as_bytes(), Some(&id))
                 .await;
         }
     }
@@ -728,11 +723,9 @@ routes:
     }
 
     pub async fn wait_until_queue_is_empty(&self, queue: &str) {
-        eventually(
-            &format!("{queue} to be empty"),
-            Duration::from_secs(60),
-            async || (self.broker.depth(queue).await == 0).then_some(()),
-        )
+        eventually(&format!("{queue} to be empty"), Duration::from_secs(60), async || {
+            (self.broker.depth(queue).await == 0).then_some(())
+        })
         .await;
     }
 }

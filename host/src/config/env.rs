@@ -72,10 +72,7 @@ fn key_path(segments: &[String]) -> String {
 }
 
 /// Expands `${NAME}`, `${NAME:-default}` and `$$` in one string.
-pub fn expand(
-    text: &str,
-    mut lookup: impl FnMut(&str) -> Option<String>,
-) -> Result<String, String> {
+pub fn expand(text: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find('$') {
@@ -99,10 +96,7 @@ pub fn expand(
     Ok(out)
 }
 
-fn resolve(
-    reference: &str,
-    lookup: &mut impl FnMut(&str) -> Option<String>,
-) -> Result<String, String> {
+fn resolve(reference: &str, lookup: &mut impl FnMut(&str) -> Option<String>) -> Result<String, String> {
     let (name, default) = match reference.split_once(":-") {
         Some((name, default)) => (name, Some(default)),
         None => (reference, None),
@@ -114,9 +108,7 @@ fn resolve(
     }
     lookup(name)
         .or_else(|| default.map(str::to_string))
-        .ok_or_else(|| {
-            format!("environment variable {name} is not set (referenced as ${{{name}}})")
-        })
+        .ok_or_else(|| format!("environment variable {name} is not set (referenced as ${{{name}}})"))
 }
 
 #[cfg(test)]
@@ -138,10 +130,7 @@ mod tests {
 
     #[test]
     fn expands_references_defaults_and_dollars() {
-        assert_eq!(
-            expand("amqp://u:${USER_PASS}@h", env).unwrap(),
-            "amqp://u:s3cret@h"
-        );
+        assert_eq!(expand("amqp://u:${USER_PASS}@h", env).unwrap(), "amqp://u:s3cret@h");
         assert_eq!(expand("${MISSING:-fallback}", env).unwrap(), "fallback");
         assert_eq!(expand("cost $$5 and $x", env).unwrap(), "cost $5 and $x");
     }
@@ -150,19 +139,13 @@ mod tests {
     fn a_missing_variable_is_named() {
         let error = expand("${NOPE}", env).unwrap_err();
         assert!(error.contains("NOPE is not set"), "{error}");
-        assert!(
-            expand("${UNCLOSED", env)
-                .unwrap_err()
-                .contains("unterminated")
-        );
+        assert!(expand("${UNCLOSED", env).unwrap_err().contains("unterminated"));
     }
 
     #[test]
     fn errors_carry_the_key_path() {
-        let mut tree =
-            serde_json::json!({"routes": {"a": {"bindings": [{"exchange": "${NOPE_X}"}]}}});
-        let (key, problem) =
-            interpolate(&mut tree, &mut Vec::new(), &mut Substitutions::default()).unwrap_err();
+        let mut tree = serde_json::json!({"routes": {"a": {"bindings": [{"exchange": "${NOPE_X}"}]}}});
+        let (key, problem) = interpolate(&mut tree, &mut Vec::new(), &mut Substitutions::default()).unwrap_err();
         assert_eq!(key, "routes.a.bindings[0].exchange");
         assert!(problem.contains("NOPE_X"));
     }

@@ -73,10 +73,7 @@ fn check_endpoint(name: &str, endpoint: &mut Endpoint) -> Result<(), Problem> {
         read_auth_secrets(&format!("{key}.auth"), auth)?;
     }
     if endpoint.breaker.failures == 0 {
-        return Err((
-            format!("{key}.breaker.failures"),
-            "must be at least 1".into(),
-        ));
+        return Err((format!("{key}.breaker.failures"), "must be at least 1".into()));
     }
     if endpoint.breaker.max_cool_down < endpoint.breaker.cool_down {
         return Err((
@@ -107,9 +104,7 @@ fn read_auth_secrets(key: &str, auth: &mut Auth) -> Result<(), Problem> {
             *token = from_env("bearer.token_env", token_env)?;
         }
         Auth::Basic {
-            password_env,
-            password,
-            ..
+            password_env, password, ..
         } => {
             *password = from_env("basic.password_env", password_env)?;
         }
@@ -128,10 +123,7 @@ fn read_auth_secrets(key: &str, auth: &mut Auth) -> Result<(), Problem> {
                 )
             })?;
             *client_id = from_env("oauth2_client_credentials.client_id_env", client_id_env)?;
-            *client_secret = from_env(
-                "oauth2_client_credentials.client_secret_env",
-                client_secret_env,
-            )?;
+            *client_secret = from_env("oauth2_client_credentials.client_secret_env", client_secret_env)?;
         }
     }
     Ok(())
@@ -148,8 +140,7 @@ fn check_operation(key: &str, operation: &mut Operation) -> Result<(), Problem> 
             ),
         ));
     }
-    let placeholders =
-        placeholders(&operation.uri).map_err(|problem| (uri_key.clone(), problem))?;
+    let placeholders = placeholders(&operation.uri).map_err(|problem| (uri_key.clone(), problem))?;
     for name in &placeholders {
         match operation.parameters.get(name) {
             Some(p) if p.location == Location::Uri => {}
@@ -178,10 +169,7 @@ fn check_operation(key: &str, operation: &mut Operation) -> Result<(), Problem> 
             if !placeholders.contains(name) {
                 return Err((
                     format!("{key}.parameters.{name}"),
-                    format!(
-                        "location is uri but uri {:?} has no {{{name}}}",
-                        operation.uri
-                    ),
+                    format!("location is uri but uri {:?} has no {{{name}}}", operation.uri),
                 ));
             }
             parameter.required = true;
@@ -230,22 +218,21 @@ fn check_route(
             ));
         }
     }
-    route.transform = base.join(&route.transform);
-    if !route.transform.is_file() {
+    let transform = base.join(&route.transform);
+    if !transform.is_file() {
         return Err((
             format!("{key}.transform"),
-            format!("no such file: {}", route.transform.display()),
+            format!("no such file: {}", transform.display()),
         ));
     }
+    // The file watcher reports absolute paths.
+    route.transform = transform.canonicalize().unwrap_or(transform);
     for (index, endpoint) in route.endpoints.iter().enumerate() {
         if !endpoints.contains_key(endpoint) {
             let known: Vec<&str> = endpoints.keys().map(String::as_str).collect();
             return Err((
                 format!("{key}.endpoints[{index}]"),
-                format!(
-                    "unknown endpoint {endpoint:?} (declared: {})",
-                    known.join(", ")
-                ),
+                format!("unknown endpoint {endpoint:?} (declared: {})", known.join(", ")),
             ));
         }
     }
@@ -273,10 +260,7 @@ fn check_route(
         return Err((format!("{key}.limits.time"), "must be more than 0".into()));
     }
     if limits.memory < 1 << 20 {
-        return Err((
-            format!("{key}.limits.memory"),
-            "must be at least 1MiB".into(),
-        ));
+        return Err((format!("{key}.limits.memory"), "must be at least 1MiB".into()));
     }
     Ok(())
 }

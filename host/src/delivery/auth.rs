@@ -57,9 +57,7 @@ impl Authenticator {
         Ok(match &self.auth {
             None => request,
             Some(Auth::Bearer { token, .. }) => request.bearer_auth(token.expose()),
-            Some(Auth::Basic {
-                username, password, ..
-            }) => request.basic_auth(username, Some(password.expose())),
+            Some(Auth::Basic { username, password, .. }) => request.basic_auth(username, Some(password.expose())),
             Some(Auth::OAuth2ClientCredentials { .. }) => {
                 request.bearer_auth(self.oauth2_token(client).await?.expose())
             }
@@ -100,9 +98,7 @@ impl Authenticator {
         }
         // A failing token endpoint is treated as temporary: the credentials
         // may be fixed or the service may come back, and no message is lost.
-        let failed = |problem: String| {
-            DeliveryError::temporary(format!("OAuth2 token from {token_url}: {problem}"))
-        };
+        let failed = |problem: String| DeliveryError::temporary(format!("OAuth2 token from {token_url}: {problem}"));
         let response = client
             .post(token_url)
             .form(&form)
@@ -117,9 +113,7 @@ impl Authenticator {
             .json()
             .await
             .map_err(|e| failed(format!("unreadable answer: {}", e.without_url())))?;
-        let lifetime = token
-            .expires_in
-            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+        let lifetime = token.expires_in.map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
         Ok(CachedToken {
             value: Secret::new(token.access_token),
             renew_at: Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN),

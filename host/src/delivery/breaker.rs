@@ -163,8 +163,7 @@ impl Breaker {
                 if let Some(wait) = retry_after {
                     state.not_before = Some(Instant::now() + wait);
                 }
-                let trips = state.phase == Phase::Closed
-                    && state.consecutive_failures >= self.settings.failures;
+                let trips = state.phase == Phase::Closed && state.consecutive_failures >= self.settings.failures;
                 if probe || trips {
                     self.open(&mut state);
                 }
@@ -204,9 +203,7 @@ impl Drop for Permit<'_> {
         if self.probe && !self.settled {
             let mut state = self.breaker.lock();
             if state.phase == Phase::Probing {
-                state.phase = Phase::Open {
-                    until: Instant::now(),
-                };
+                state.phase = Phase::Open { until: Instant::now() };
             }
             drop(state);
             self.breaker.changed.notify_waiters();
@@ -270,10 +267,7 @@ mod tests {
     async fn retry_after_holds_every_request_to_the_endpoint() {
         let breaker = breaker();
         let retry_after = Some(Duration::from_secs(2));
-        breaker
-            .acquire()
-            .await
-            .settle(Outcome::Unavailable { retry_after });
+        breaker.acquire().await.settle(Outcome::Unavailable { retry_after });
         let started = Instant::now();
         breaker.acquire().await.settle(Outcome::Answered);
         assert_eq!(started.elapsed(), Duration::from_secs(2));

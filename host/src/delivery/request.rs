@@ -8,11 +8,7 @@ use crate::config::{HttpMethod, Location, Operation};
 
 /// Everything but the unreserved characters of RFC 3986 is encoded, so a
 /// value can never add a path segment, a query or a separator of ours.
-pub const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+pub const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
@@ -24,11 +20,7 @@ pub struct Request {
 
 /// Checks the arguments (no unknown parameter, every required one present)
 /// and builds the request. Errors name the parameter.
-pub fn build_request(
-    base_url: &str,
-    operation: &Operation,
-    args: &Map<String, Value>,
-) -> Result<Request, String> {
+pub fn build_request(base_url: &str, operation: &Operation, args: &Map<String, Value>) -> Result<Request, String> {
     check_arguments(operation, args)?;
     let mut path = operation.uri.clone();
     let mut query = Vec::new();
@@ -58,10 +50,7 @@ pub fn build_request(
     if !query.is_empty() {
         url.query_pairs_mut().extend_pairs(&query);
     }
-    let has_body = operation
-        .parameters
-        .values()
-        .any(|p| p.location == Location::Json);
+    let has_body = operation.parameters.values().any(|p| p.location == Location::Json);
     Ok(Request {
         method: method(operation.method),
         url,
@@ -71,10 +60,7 @@ pub fn build_request(
 }
 
 fn check_arguments(operation: &Operation, args: &Map<String, Value>) -> Result<(), String> {
-    if let Some(unknown) = args
-        .keys()
-        .find(|name| !operation.parameters.contains_key(*name))
-    {
+    if let Some(unknown) = args.keys().find(|name| !operation.parameters.contains_key(*name)) {
         let declared: Vec<&str> = operation.parameters.keys().map(String::as_str).collect();
         return Err(format!(
             "unknown parameter {unknown:?} (declared: {})",
@@ -156,7 +142,9 @@ mod tests {
         let request = build_request(
             "http://shop.test/api/",
             &upsert_business(),
-            &args(json!({"crmId": "gg/11 é", "business": {"name": "E"}, "status": 70, "dryRun": true, "X-Tenant": "eu"})),
+            &args(
+                json!({"crmId": "gg/11 é", "business": {"name": "E"}, "status": 70, "dryRun": true, "X-Tenant": "eu"}),
+            ),
         )
         .unwrap();
         assert_eq!(request.method, reqwest::Method::PUT);
@@ -164,40 +152,18 @@ mod tests {
             request.url.as_str(),
             "http://shop.test/api/businesses/gg%2F11%20%C3%A9?dryRun=true"
         );
-        assert_eq!(
-            request.headers,
-            [("X-Tenant".to_string(), "eu".to_string())]
-        );
-        assert_eq!(
-            request.json,
-            Some(json!({"business": {"name": "E"}, "status": 70}))
-        );
+        assert_eq!(request.headers, [("X-Tenant".to_string(), "eu".to_string())]);
+        assert_eq!(request.json, Some(json!({"business": {"name": "E"}, "status": 70})));
     }
 
     #[test]
     fn refuses_unknown_and_missing_parameters_by_name() {
         let op = upsert_business();
-        let unknown = build_request(
-            "http://s/",
-            &op,
-            &args(json!({"crmId": "1", "colour": "red"})),
-        );
-        assert!(
-            unknown
-                .unwrap_err()
-                .contains("unknown parameter \"colour\"")
-        );
+        let unknown = build_request("http://s/", &op, &args(json!({"crmId": "1", "colour": "red"})));
+        assert!(unknown.unwrap_err().contains("unknown parameter \"colour\""));
         let missing = build_request("http://s/", &op, &args(json!({"status": 70})));
-        assert!(
-            missing
-                .unwrap_err()
-                .contains("missing required parameter \"crmId\"")
-        );
+        assert!(missing.unwrap_err().contains("missing required parameter \"crmId\""));
         let object_in_uri = build_request("http://s/", &op, &args(json!({"crmId": {"a": 1}})));
-        assert!(
-            object_in_uri
-                .unwrap_err()
-                .contains("\"crmId\" must be a string")
-        );
+        assert!(object_in_uri.unwrap_err().contains("\"crmId\" must be a string"));
     }
 }

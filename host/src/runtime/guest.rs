@@ -137,20 +137,12 @@ pub struct MemoryCap {
 
 impl MemoryCap {
     fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            exceeded: false,
-        }
+        Self { limit, exceeded: false }
     }
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.exceeded = true;
             // An error traps at once; returning false would let the guest's
@@ -160,12 +152,7 @@ impl wasmtime::ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         const MAX_TABLE_ELEMENTS: usize = 100_000;
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }

@@ -69,9 +69,7 @@ fn upsert_business<'a>(
     non_empty("Name", &account.name)?;
     Ok(UpsertBusiness {
         crm_id: &account.id,
-        business: Business {
-            name: &account.name,
-        },
+        business: Business { name: &account.name },
         status: statuses.code("Status__c", &account.status)?,
         country: Country {
             id: countries.code("Country__c", &account.country)?,
@@ -122,16 +120,12 @@ mod tests {
 
     #[test]
     fn rejects_unknown_values_naming_field_and_value() {
-        let body =
-            r#"{"Id": "gg-11", "Name": "E", "Status__c": "CLIENT_GONE", "Country__c": "FR"}"#;
+        let body = r#"{"Id": "gg-11", "Name": "E", "Status__c": "CLIENT_GONE", "Country__c": "FR"}"#;
         assert_eq!(
             args(body),
-            Err(reject(
-                r#"unknown Status__c "CLIENT_GONE": not in status_codes"#
-            ))
+            Err(reject(r#"unknown Status__c "CLIENT_GONE": not in status_codes"#))
         );
-        let body =
-            r#"{"Id": "gg-11", "Name": "E", "Status__c": "CLIENT_ACTIVE", "Country__c": "XX"}"#;
+        let body = r#"{"Id": "gg-11", "Name": "E", "Status__c": "CLIENT_ACTIVE", "Country__c": "XX"}"#;
         assert_eq!(
             args(body),
             Err(reject(r#"unknown Country__c "XX": not in country_ids"#))

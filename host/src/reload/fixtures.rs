@@ -1,0 +1,129 @@
+//! Fixtures: example messages with the outcome a transform must give for
+//! them. A fixtures file beside a component (`crm-to-shop.fixtures.json`
+//! beside `crm-to-shop.wasm`) must pass before the component is swapped
+//! in; `passerelle transform --fixtures` checks the same file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::runtime::{Action, Message, RouteContext, Runtime, Transform, TransformFailure};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fixture {
+    pub name: String,
+    pub message: Message,
+    pub expect: Expected,
+}
+
+/// The actions exactly, or a failure whose reason contains the text.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Expected {
+    Actions(Vec<Action>),
+    Reject(String),
+    Retry(String),
+    Trap(String),
+}
+
+/// Where a component's fixtures live, whether or not there are any.
+pub fn fixtures_path(component: &Path) -> PathBuf {
+    let stem = component.file_stem().and_then(|s| s.to_str()).unwrap_or("transform");
+    component.with_file_name(format!("{stem}.fixtures.json"))
+}
+
+/// Reads a fixtures file; a missing file is no fixtures.
+pub fn read_fixtures(path: &Path) -> Result<Option<String>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read fixtures {}: {e}", path.display())),
+    }
+}
+
+pub fn parse_fixtures(text: &str, origin: &str) -> Result<Vec<Fixture>, String> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|e| format!("fixtures {origin}: {}: {}", e.path(), e.inner()))
+}
+
+/// Runs every fixture; the error lists each one that failed and how.
+pub async fn check_fixtures(
+    runtime: &Runtime,
+    transform: &Transform,
+    route: &RouteContext,
+    fixtures: &[Fixture],
+) -> Result<(), String> {
+    let mut failures = Vec::new();
+    for fixture in fixtures {
+        let outcome = runtime.run(transform, route, &fixture.message).await;
+        if let Some(problem) = mismatch(&fixture.expect, &outcome) {
+            failures.push(format!("fixture {:?}: {problem}", fixture.name));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
+}
+
+fn mismatch(expected: &Expected, outcome: &Result<Vec<Action>, TransformFailure>) -> Option<String> {
+    let got = || match outcome {
+        Ok(actions) => format!("actions {}", serde_json::to_string(actions).unwrap_or_default()),
+        Err(failure) => failure.to_string(),
+    };
+    let matches = match (expected, outcome) {
+        (Expected::Actions(want), Ok(actions)) => want == actions,
+        (Expected::Reject(text), Err(TransformFailure::Reject(reason)))
+        | (Expected::Retry(text), Err(TransformFailure::Retry(reason)))
+        | (Expected::Trap(text), Err(TransformFailure::Trap(reason))) => reason.contains(text.as_str()),
+        _ => false,
+    };
+    (!matches).then(|| format!("expected {}, got {}", describe(expected), got()))
+}
+
+fn describe(expected: &Expected) -> String {
+    match expected {
+        Expected::Actions(actions) => format!("actions {}", serde_json::to_string(actions).unwrap_or_default()),
+        Expected::Reject(text) => format!("a reject containing {text:?}"),
+        Expected::Retry(text) => format!("a retry containing {text:?}"),
+        Expected::Trap(text) => format!("a trap containing {text:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixtures_read_bodies_as_json_or_text_and_name_bad_keys() {
+        let text = r#"[
+            {"name": "object body", "message": {"body": {"Id": "1"}}, "expect": {"reject": "x"}},
+            {"name": "text body", "message": {"body": "{oops", "attempt": 2}, "expect": {"actions": []}}
+        ]"#;
+        let fixtures = parse_fixtures(text, "f.json").unwrap();
+        assert_eq!(fixtures[0].message.body, br#"{"Id":"1"}"#);
+        assert_eq!(fixtures[0].message.attempt, 1);
+        assert_eq!(fixtures[1].message.body, b"{oops");
+
+        let error = parse_fixtures(
+            r#"[{"name": "n", "message": {"body": ""}, "expect": {"rejected": "x"}}]"#,
+            "f.json",
+        )
+        .unwrap_err();
+        assert!(error.contains("[0].expect") && error.contains("rejected"), "{error}");
+    }
+
+    #[test]
+    fn a_mismatch_says_what_was_expected_and_what_came() {
+        let expected = Expected::Reject("CLIENT_GONE".into());
+        assert_eq!(
+            mismatch(&expected, &Err(TransformFailure::Reject("unknown CLIENT_GONE".into()))),
+            None
+        );
+        let problem = mismatch(&expected, &Ok(vec![])).unwrap();
+        assert_eq!(problem, "expected a reject containing \"CLIENT_GONE\", got actions []");
+    }
+}

@@ -1,0 +1,275 @@
+//! Fleet-wide deploys through the broker. `passerelle deploy` publishes a
+//! component on a durable control exchange (with publisher confirms);
+//! every running host validates it like a changed file, stores it
+//! atomically where its route reads it, and swaps. Each route keeps a short
+//! deploy history in a durable queue, so that a host started later takes
+//! the latest deployed version before it consumes, and `rollback` can
+//! publish the one before.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow};
+use futures_util::StreamExt as _;
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use tokio_util::sync::CancellationToken;
+
+use super::{fixtures_path, try_swap};
+use crate::amqp::{self, Publisher, VERSION_HEADER};
+use crate::pipeline::Pipeline;
+use crate::runtime::{Runtime, write_atomically};
+use crate::version::Version;
+
+/// Deploys kept per route: enough to roll back, small enough to read at start.
+const HISTORY_LENGTH: i32 = 10;
+const ROUTE_HEADER: &str = "x-passerelle-route";
+const FIXTURES_HEADER: &str = "x-passerelle-fixtures";
+
+/// One deployed component, as the control exchange carries it.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub route: String,
+    pub version: Version,
+    pub component: Vec<u8>,
+    pub fixtures: Option<String>,
+}
+
+fn routing_key(route: &str) -> String {
+    format!("deploy.{route}")
+}
+
+pub fn history_queue(control_exchange: &str, route: &str) -> String {
+    format!("{control_exchange}.history.{route}")
+}
+
+/// Declares the control exchange and each route's history queue.
+pub async fn declare(channel: &Channel, control_exchange: &str, routes: &[String]) -> anyhow::Result<()> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            control_exchange.into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("declaring the control exchange {control_exchange}"))?;
+    for route in routes {
+        let queue = history_queue(control_exchange, route);
+        let mut arguments = FieldTable::default();
+        // The oldest deploy falls off the head as a new one arrives.
+        arguments.insert("x-max-length".into(), AMQPValue::LongInt(HISTORY_LENGTH));
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(queue.as_str().into(), options, arguments)
+            .await
+            .with_context(|| format!("declaring the deploy history {queue}"))?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                control_exchange.into(),
+                routing_key(route).as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("binding the deploy history {queue}"))?;
+    }
+    Ok(())
+}
+
+/// Publishes a deployment to every host (and the route's history);
+/// returns once the broker confirmed it.
+pub async fn publish(
+    connection: &Arc<Connection>,
+    control_exchange: &str,
+    deployment: &Deployment,
+) -> anyhow::Result<()> {
+    let key = routing_key(&deployment.route);
+    send(connection, control_exchange, &key, deployment).await
+}
+
+/// Adds a deployment to the route's history only: no host swaps.
+pub async fn record(
+    connection: &Arc<Connection>,
+    control_exchange: &str,
+    deployment: &Deployment,
+) -> anyhow::Result<()> {
+    let queue = history_queue(control_exchange, &deployment.route);
+    send(connection, "", &queue, deployment).await
+}
+
+async fn send(
+    connection: &Arc<Connection>,
+    exchange: &str,
+    routing_key: &str,
+    deployment: &Deployment,
+) -> anyhow::Result<()> {
+    let mut headers = FieldTable::default();
+    headers.insert(ROUTE_HEADER.into(), amqp::text(deployment.route.as_str()));
+    headers.insert(VERSION_HEADER.into(), amqp::text(deployment.version.as_str()));
+    if let Some(fixtures) = &deployment.fixtures {
+        headers.insert(FIXTURES_HEADER.into(), amqp::text(fixtures.as_str()));
+    }
+    let properties = BasicProperties::default()
+        .with_content_type("application/wasm".into())
+        .with_headers(headers);
+    let publisher = Publisher::new(connection.clone());
+    let published = publisher
+        .publish(exchange, routing_key, &deployment.component, properties)
+        .await;
+    publisher.close().await;
+    published
+}
+
+/// A route's deploys, oldest first. They stay in the queue.
+pub async fn history(connection: &Connection, control_exchange: &str, route: &str) -> anyhow::Result<Vec<Deployment>> {
+    let channel = connection.create_channel().await?;
+    let queue = history_queue(control_exchange, route);
+    let mut deployments = Vec::new();
+    while deployments.len() < HISTORY_LENGTH as usize {
+        let Some(message) = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .with_context(|| format!("reading the deploy history {queue}"))?
+        else {
+            break;
+        };
+        deployments.push(deployment_of(
+            route,
+            &message.delivery.properties,
+            message.delivery.data.clone(),
+        ));
+    }
+    // Closing the channel returns them all, in order.
+    let _ = channel.close(200, "history read".into()).await;
+    Ok(deployments)
+}
+
+fn deployment_of(route: &str, properties: &BasicProperties, component: Vec<u8>) -> Deployment {
+    let headers: BTreeMap<String, String> = amqp::headers_as_text(properties.headers().as_ref())
+        .into_iter()
+        .collect();
+    Deployment {
+        route: headers.get(ROUTE_HEADER).cloned().unwrap_or_else(|| route.to_string()),
+        version: Version::of(&component),
+        component,
+        fixtures: headers.get(FIXTURES_HEADER).cloned(),
+    }
+}
+
+/// Brings every route to its latest deployed version, if there is one
+/// newer than what the route runs. Called before consuming.
+pub async fn apply_latest(
+    connection: &Connection,
+    control_exchange: &str,
+    pipelines: &[Arc<Pipeline>],
+    runtime: &Runtime,
+) -> anyhow::Result<()> {
+    for pipeline in pipelines {
+        let history = history(connection, control_exchange, &pipeline.name).await?;
+        if let Some(latest) = history.into_iter().last() {
+            install(runtime, pipeline, latest, "latest deploy").await;
+        }
+    }
+    Ok(())
+}
+
+/// Consumes deploys for this host's routes until `shutdown` or until the
+/// connection fails.
+pub async fn listen(
+    connection: Arc<Connection>,
+    control_exchange: String,
+    pipelines: Vec<Arc<Pipeline>>,
+    runtime: Runtime,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let channel = connection.create_channel().await?;
+    // A queue of this host's own, gone with its connection.
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let queue = channel.queue_declare("".into(), options, FieldTable::default()).await?;
+    for pipeline in &pipelines {
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                control_exchange.as_str().into(),
+                routing_key(&pipeline.name).as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let consume = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut deploys = channel
+        .basic_consume(
+            queue.name().clone(),
+            "passerelle-deploys".into(),
+            consume,
+            FieldTable::default(),
+        )
+        .await?;
+    loop {
+        let delivery = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = deploys.next() => match next {
+                Some(delivery) => delivery?,
+                None => return Err(anyhow!("the broker cancelled the deploy consumer")),
+            },
+        };
+        let route = delivery.routing_key.as_str().trim_start_matches("deploy.").to_string();
+        let Some(pipeline) = pipelines.iter().find(|p| p.name == route) else {
+            continue;
+        };
+        let deployment = deployment_of(&route, &delivery.properties, delivery.data);
+        install(&runtime, pipeline, deployment, "deploy").await;
+    }
+}
+
+/// Validates a deployment, stores it where the route reads its component
+/// (so a restart and the file watcher agree), and swaps it in.
+async fn install(runtime: &Runtime, pipeline: &Arc<Pipeline>, deployment: Deployment, origin: &str) {
+    if deployment.version == pipeline.transform.current().version {
+        return;
+    }
+    let origin = format!("{origin} of {}", deployment.version);
+    let swapped = try_swap(
+        runtime,
+        pipeline,
+        deployment.component.clone(),
+        deployment.fixtures.as_deref(),
+        &origin,
+    )
+    .await;
+    if !swapped {
+        return;
+    }
+    let path = &pipeline.route.transform;
+    // The fixtures travel with the component: stale ones must not stay.
+    let stored = write_atomically(path, &deployment.component, 0o644).and_then(|()| match &deployment.fixtures {
+        Some(fixtures) => write_atomically(&fixtures_path(path), fixtures.as_bytes(), 0o644),
+        None => match std::fs::remove_file(fixtures_path(path)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        },
+    });
+    if let Err(error) = stored {
+        tracing::error!(route = %pipeline.name, "deployed {} but could not store it: {error:#}", deployment.version);
+    }
+}
