@@ -136,7 +136,6 @@ async fn run_rounds(broker: &Broker, wasm: &Path, n: usize, rounds: usize) -> an
 /// Publishes, then acks everything with a plain consumer.
 async fn bare_round(broker: &Broker, n: usize, round: usize) -> anyhow::Result<f64> {
     let queue = broker.name("bare");
-    broker.to_delete.lock().unwrap().push((queue.clone(), false));
     broker.declare_queue(&queue).await?;
     broker.publish(&queue, n, &format!("bare-{round}")).await?;
 
@@ -325,7 +324,13 @@ impl Broker {
         }
     }
 
+    /// Declares a durable queue, deleted at the end.
     async fn declare_queue(&self, queue: &str) -> anyhow::Result<()> {
+        let mut names = self.to_delete.lock().unwrap();
+        if !names.iter().any(|(name, _)| name == queue) {
+            names.push((queue.to_string(), false));
+        }
+        drop(names);
         let durable = QueueDeclareOptions {
             durable: true,
             ..Default::default()
