@@ -326,11 +326,12 @@ impl Broker {
 
     /// Declares a durable queue, deleted at the end.
     async fn declare_queue(&self, queue: &str) -> anyhow::Result<()> {
-        let mut names = self.to_delete.lock().unwrap();
-        if !names.iter().any(|(name, _)| name == queue) {
-            names.push((queue.to_string(), false));
+        {
+            let mut names = self.to_delete.lock().unwrap();
+            if !names.iter().any(|(name, _)| name == queue) {
+                names.push((queue.to_string(), false));
+            }
         }
-        drop(names);
         let durable = QueueDeclareOptions {
             durable: true,
             ..Default::default()
@@ -449,7 +450,7 @@ async fn count(axum::extract::State(counter): axum::extract::State<Arc<Counter>>
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
+    if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2.0
     } else {
         values[mid]
