@@ -151,7 +151,7 @@ async fn the_breaker_keeps_messages_queued_during_an_outage_and_resumes() {
         "    breaker: { failures: 3, cool_down: 500ms, max_cool_down: 1s }",
     );
     forget_retry_queues(&setup, &delays);
-    let _host = setup.start_host(&config).await;
+    let host = setup.start_host(&config).await;
     setup.server.reply_always(Some(Reply::status(503)));
     let total = 60;
     setup.publish_accounts(0..total).await;
@@ -175,7 +175,7 @@ async fn the_breaker_keeps_messages_queued_during_an_outage_and_resumes() {
     );
 
     setup.server.reply_always(None);
-    setup.wait_until_every_account_arrives(total as usize, &_host).await;
+    setup.wait_until_every_account_arrives(total, &host).await;
     setup.wait_until_queue_is_empty(&setup.crm_queue).await;
     assert_eq!(
         setup.broker.depth(&dead_queue(&setup)).await,
