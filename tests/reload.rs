@@ -264,3 +264,36 @@ async fn a_restart_after_a_swap_serves_the_new_version_without_recompiling() {
     let calls = setup.server.wait_for_calls(1, Duration::from_secs(30)).await;
     assert_eq!(calls[0].header("x-passerelle-transform-version"), Some(v2.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_written_in_place_in_several_writes_is_read_once_complete() {
+    use std::io::Write as _;
+    let setup = Deployment::new().await;
+    let config = setup.config("", "");
+    let component = component_in(setup.config_dir.dir.path());
+    let v1 = version_of(&std::fs::read(&component).unwrap());
+    let host = setup.start_host(&config).await;
+
+    // In place, in three writes with pauses shorter than the debounce, the
+    // way a slow copy arrives.
+    let v2_bytes = new_version();
+    let v2 = version_of(&v2_bytes);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&component)
+        .unwrap();
+    for chunk in v2_bytes.chunks(v2_bytes.len() / 3 + 1) {
+        file.write_all(chunk).unwrap();
+        file.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(80));
+    }
+    drop(file);
+
+    wait_for_log(&host, &format!("swapped transform {v1} -> {v2}"), 1).await;
+    assert!(
+        !host.log().contains("refused transform"),
+        "a half-written file was read:\n{}",
+        host.log()
+    );
+}

@@ -22,67 +22,33 @@
 //! (default 3) change the size. Broker objects carry a random suffix and are
 //! deleted at the end, also after an error.
 
+mod common;
+
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, ensure};
+use common::{ACCOUNT, AMQP_URL, Broker, CONCURRENCY, ROUTE, Server, env_number, median, pipeline_config};
 use futures_util::StreamExt as _;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 use passerelle::config::Config;
 use passerelle::pipeline::Pipeline;
 use passerelle::runtime::{Message, Runtime};
 use passerelle::service;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const ROUTE: &str = "crm-to-shop";
-const CONCURRENCY: u16 = 16;
-const ACCOUNT: &str = r#"{"Id": "gg-11", "Name": "Eleven Labs", "Status__c": "CLIENT_ACTIVE", "Country__c": "FR"}"#;
-
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    common::init_tracing();
     let messages = env_number("PASSERELLE_BENCH_MESSAGES", 5000)?;
     let rounds = env_number("PASSERELLE_BENCH_ROUNDS", 3)?;
     tokio::runtime::Runtime::new()?.block_on(bench(messages, rounds))
 }
 
-fn env_number(name: &str, default: usize) -> anyhow::Result<usize> {
-    match std::env::var(name) {
-        Ok(text) => text
-            .parse()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| anyhow!("{name}={text:?} is not a positive number")),
-        Err(_) => Ok(default),
-    }
-}
-
 async fn bench(messages: usize, rounds: usize) -> anyhow::Result<()> {
-    let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/transforms/crm-to-shop.wasm");
-    ensure!(
-        wasm.is_file(),
-        "{} is missing: run scripts/build-transforms first",
-        wasm.display()
-    );
-    let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
-        .await
-        .with_context(|| format!("RabbitMQ is not reachable at {AMQP_URL}: start it (scripts/ensure-rabbitmq)"))?;
-    let broker = Broker {
-        channel: connection.create_channel().await?,
-        connection,
-        suffix: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
-        to_delete: Mutex::default(),
-    };
+    let wasm = common::shipped_transform()?;
+    let broker = Broker::connect().await?;
     let result = run_rounds(&broker, &wasm, messages, rounds).await;
     broker.clean_up().await;
     result
@@ -196,7 +162,7 @@ async fn pipeline_round(
     let finished = tokio::time::timeout(Duration::from_secs(30) + n as u32 * Duration::from_millis(10), async {
         loop {
             tokio::select! {
-                _ = server.state.reached.notified() => {}
+                _ = server.reached() => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
             let dead = broker.depth(&dlq).await? as usize;
@@ -256,203 +222,4 @@ async fn transform_only(
     timed().await?; // warm-up
     let (elapsed, failed) = timed().await?;
     Ok((elapsed.as_nanos() as f64 / n as f64, failed))
-}
-
-/// The design doc's configuration, reduced to the route measured.
-fn pipeline_config(broker: &Broker, wasm: &Path, port: u16) -> anyhow::Result<Config> {
-    let yaml = format!(
-        r#"
-amqp:
-  url: {AMQP_URL}
-  shutdown_grace: 10s
-  control_exchange: {control}
-endpoints:
-  shop:
-    base_url: http://127.0.0.1:{port}/api/
-    timeout: 5s
-    operations:
-      upsertBusiness:
-        method: PUT
-        uri: businesses/{{crmId}}
-        parameters:
-          crmId: {{ location: uri, required: true }}
-          business: {{ location: json }}
-          status: {{ location: json }}
-          country: {{ location: json }}
-routes:
-  {ROUTE}:
-    queue: {queue}
-    bindings: [{{ exchange: {exchange}, routing_key: "account.*" }}]
-    transform: {wasm}
-    endpoints: [shop]
-    config: {{ status_codes: '{{"CLIENT_ACTIVE": 70}}', country_ids: '{{"FR": 76}}' }}
-    concurrency: {CONCURRENCY}
-    limits: {{ time: 50ms, memory: 32MiB }}
-"#,
-        queue = broker.name("crm.account.changed"),
-        exchange = broker.name("crm.events"),
-        control = broker.name("control"),
-        wasm = wasm.display(),
-    );
-    Ok(Config::parse(&yaml, "bench.yaml", Path::new("."))?)
-}
-
-/// The broker objects of this run, named `passerelle-bench.<base>.<suffix>`.
-struct Broker {
-    connection: Connection,
-    channel: Channel,
-    suffix: String,
-    /// Queues and exchanges (`true`) to delete at the end.
-    to_delete: Mutex<Vec<(String, bool)>>,
-}
-
-impl Broker {
-    fn name(&self, base: &str) -> String {
-        format!("passerelle-bench.{base}.{}", self.suffix)
-    }
-
-    /// Everything the host declares for `config`, to delete at the end.
-    fn owns(&self, config: &Config) {
-        let mut names = self.to_delete.lock().unwrap();
-        let control = &config.amqp.control_exchange;
-        names.push((control.clone(), true));
-        for (name, route) in &config.routes {
-            names.extend([&route.queue, &route.dead_letter_queue()].map(|q| (q.clone(), false)));
-            names.extend(route.retry_queues().into_iter().map(|(_, q)| (q, false)));
-            names.extend(route.bindings.iter().map(|b| (b.exchange.clone(), true)));
-            names.push((passerelle::reload::fleet::history_queue(control, name), false));
-        }
-    }
-
-    /// Declares a durable queue, deleted at the end.
-    async fn declare_queue(&self, queue: &str) -> anyhow::Result<()> {
-        {
-            let mut names = self.to_delete.lock().unwrap();
-            if !names.iter().any(|(name, _)| name == queue) {
-                names.push((queue.to_string(), false));
-            }
-        }
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        self.channel
-            .queue_declare(queue.into(), durable, FieldTable::default())
-            .await?;
-        Ok(())
-    }
-
-    /// Ready messages (not those delivered and not yet acked).
-    async fn depth(&self, queue: &str) -> anyhow::Result<u32> {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let queue = self
-            .channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await?;
-        Ok(queue.message_count())
-    }
-
-    /// N accounts straight to `queue`, persistent, all confirmed.
-    async fn publish(&self, queue: &str, n: usize, tag: &str) -> anyhow::Result<()> {
-        let channel = self.connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        let mut confirms = Vec::with_capacity(n);
-        for i in 0..n {
-            let body = ACCOUNT.replace("gg-11", &format!("gg-{i}"));
-            let properties = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_message_id(format!("{tag}-{i}").into())
-                .with_delivery_mode(2);
-            let options = BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            };
-            confirms.push(
-                channel
-                    .basic_publish("".into(), queue.into(), options, body.as_bytes(), properties)
-                    .await?,
-            );
-        }
-        for confirm in confirms {
-            let confirm = confirm.await?;
-            ensure!(
-                confirm.is_ack() && confirm.take_message().is_none(),
-                "a publish to {queue} was refused"
-            );
-        }
-        let _ = channel.close(200, "published".into()).await;
-        Ok(())
-    }
-
-    async fn clean_up(&self) {
-        let names = std::mem::take(&mut *self.to_delete.lock().unwrap());
-        for (name, exchange) in names {
-            let _ = if exchange {
-                self.channel
-                    .exchange_delete(name.as_str().into(), Default::default())
-                    .await
-            } else {
-                self.channel
-                    .queue_delete(name.as_str().into(), Default::default())
-                    .await
-                    .map(drop)
-            };
-        }
-        let _ = self.connection.close(200, "bench done".into()).await;
-    }
-}
-
-/// A minimal HTTP server: 200 to everything, counting, and noting when
-/// the expected count is reached.
-struct Server {
-    port: u16,
-    state: Arc<Counter>,
-}
-
-#[derive(Default)]
-struct Counter {
-    count: AtomicUsize,
-    expected: AtomicUsize,
-    reached: Notify,
-}
-
-impl Server {
-    async fn start() -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let state = Arc::new(Counter::default());
-        let app = axum::Router::new().fallback(count).with_state(state.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(Self { port, state })
-    }
-
-    fn expect(&self, n: usize) {
-        self.state.count.store(0, Ordering::SeqCst);
-        self.state.expected.store(n, Ordering::SeqCst);
-    }
-
-    fn count(&self) -> usize {
-        self.state.count.load(Ordering::SeqCst)
-    }
-}
-
-async fn count(axum::extract::State(counter): axum::extract::State<Arc<Counter>>) -> &'static str {
-    let seen = counter.count.fetch_add(1, Ordering::SeqCst) + 1;
-    if seen == counter.expected.load(Ordering::SeqCst) {
-        counter.reached.notify_one();
-    }
-    ""
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len().is_multiple_of(2) {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
 }

@@ -153,6 +153,35 @@ impl Broker {
             .unwrap();
     }
 
+    /// Declares a topic exchange and a queue bound to it, as a consumer
+    /// of what the host publishes would.
+    pub async fn bind_queue(&self, queue: &str, exchange: &str, routing_key: &str) {
+        let durable = lapin::options::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        self.channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        self.declare_queue(queue).await;
+        self.channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                routing_key.into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+
     async fn passive(&self, queue: &str) -> Option<lapin::Queue> {
         // A passive declare of a missing queue closes the channel: use a
         // throwaway one.
