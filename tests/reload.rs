@@ -199,11 +199,14 @@ async fn one_deploy_swaps_every_host_and_rollback_returns_them_all() {
     for host in [&host_a, &host_b] {
         wait_for_log(host, &format!("swapped transform {v1} -> {v2}"), 1).await;
     }
-    assert_eq!(
-        std::fs::read(component_in(other_dir.dir.path())).unwrap(),
-        v2_bytes,
-        "stored where the route reads it"
-    );
+    // The swap comes first, then the file is stored where the route reads it.
+    let stored = component_in(other_dir.dir.path());
+    eventually(
+        "the deploy stored in host B's folder",
+        Duration::from_secs(10),
+        async || (version_of(&std::fs::read(&stored).unwrap()) == v2).then_some(()),
+    )
+    .await;
     assert!(
         !host_a.log().contains("refused transform"),
         "the bad deploy reached a host"

@@ -137,7 +137,7 @@ async fn swap_rounds(broker: &Broker, wasm: &Path, shipped: &[u8], rounds: usize
     let measured = async {
         tokio::time::timeout(SWAP_TIMEOUT, first)
             .await
-            .context("the host handled no message in 60s")??;
+            .with_context(|| format!("the host handled no message within {SWAP_TIMEOUT:?}"))??;
         swaps(&server, &component, shipped, rounds).await
     }
     .await;

@@ -39,7 +39,8 @@ struct Cli {
 enum Command {
     /// Run one message body (read from stdin) through a component and print
     /// the actions as JSON. Exit codes: 10 reject, 11 retry, 12 trap
-    /// (crash, time or memory limit), 13 not a valid component.
+    /// (crash, time or memory limit), 13 not a valid component, 14 a
+    /// fixture failed (with --fixtures).
     Transform(TransformArgs),
     /// Check a component against the passerelle:transform world, or a whole
     /// configuration file and the components it names, without connecting.
@@ -100,14 +101,14 @@ struct DlqArgs {
 #[derive(Args)]
 struct RunArgs {
     /// The configuration file.
-    #[arg(long)]
+    #[arg(long, env = "PASSERELLE_CONFIG", default_value = "passerelle.yaml")]
     config: PathBuf,
 }
 
 #[derive(Args)]
 struct PublishArgs {
     /// The configuration file (for the broker's address).
-    #[arg(long)]
+    #[arg(long, env = "PASSERELLE_CONFIG", default_value = "passerelle.yaml")]
     config: PathBuf,
     #[arg(long)]
     exchange: String,

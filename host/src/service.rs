@@ -69,6 +69,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut delay = Duration::from_secs(1);
     let mut first = true;
+    let deploys_seen = fleet::DeploysSeen::default();
     loop {
         // The pid tells an operator (and a test) which host a connection is.
         let name = format!("passerelle pid {}", std::process::id());
@@ -92,13 +93,14 @@ pub async fn run(
             continue;
         }
         // A host started after a deploy takes it before consuming.
-        if let Err(error) = fleet::apply_latest(&connection, &config.amqp.control_exchange, pipelines, runtime).await {
+        let exchange = &config.amqp.control_exchange;
+        if let Err(error) = fleet::apply_latest(&connection, exchange, pipelines, runtime, &deploys_seen).await {
             tracing::warn!("could not read the deploy history: {error:#}");
         }
         first = false;
         delay = Duration::from_secs(1);
         tracing::info!("connected to the broker; consuming {} route(s)", pipelines.len());
-        match serve(&connection, config, pipelines, runtime, &shutdown).await {
+        match serve(&connection, config, pipelines, runtime, &deploys_seen, &shutdown).await {
             Ok(()) => {
                 let _ = connection.close(200, "shutting down".into()).await;
                 return Ok(());
@@ -137,6 +139,7 @@ async fn serve(
     config: &Config,
     pipelines: &[Arc<Pipeline>],
     runtime: &Runtime,
+    deploys_seen: &fleet::DeploysSeen,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut consumers = JoinSet::new();
@@ -145,6 +148,7 @@ async fn serve(
         config.amqp.control_exchange.clone(),
         pipelines.to_vec(),
         runtime.clone(),
+        deploys_seen.clone(),
         shutdown.clone(),
     ));
     for pipeline in pipelines {

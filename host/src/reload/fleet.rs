@@ -168,17 +168,31 @@ fn deployment_of(route: &str, properties: &BasicProperties, component: Vec<u8>) 
     }
 }
 
-/// Brings every route to its latest deployed version, if there is one
-/// newer than what the route runs. Called before consuming.
+/// The last deploy this process saw per route. A reconnect applies only
+/// deploys it missed, so it never undoes a later change of the local file.
+pub type DeploysSeen = Arc<std::sync::Mutex<BTreeMap<String, Version>>>;
+
+fn first_sight(seen: &DeploysSeen, deployment: &Deployment) -> bool {
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    seen.insert(deployment.route.clone(), deployment.version.clone())
+        .as_ref()
+        != Some(&deployment.version)
+}
+
+/// Brings every route to its latest deployed version, unless this process
+/// already saw that deploy. Called before consuming.
 pub async fn apply_latest(
     connection: &Connection,
     control_exchange: &str,
     pipelines: &[Arc<Pipeline>],
     runtime: &Runtime,
+    seen: &DeploysSeen,
 ) -> anyhow::Result<()> {
     for pipeline in pipelines {
         let history = history(connection, control_exchange, &pipeline.name).await?;
-        if let Some(latest) = history.into_iter().last() {
+        if let Some(latest) = history.into_iter().last()
+            && first_sight(seen, &latest)
+        {
             install(runtime, pipeline, latest, "latest deploy").await;
         }
     }
@@ -192,6 +206,7 @@ pub async fn listen(
     control_exchange: String,
     pipelines: Vec<Arc<Pipeline>>,
     runtime: Runtime,
+    seen: DeploysSeen,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
@@ -238,6 +253,7 @@ pub async fn listen(
             continue;
         };
         let deployment = deployment_of(&route, &delivery.properties, delivery.data);
+        first_sight(&seen, &deployment);
         install(&runtime, pipeline, deployment, "deploy").await;
     }
 }
