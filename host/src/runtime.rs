@@ -165,10 +165,6 @@ impl Runtime {
         Ok(self)
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
     /// Compiles a component (or takes it from the cache) and checks it
     /// against the world. CPU-heavy: keep it off the message path.
     pub fn load(&self, bytes: &[u8]) -> Result<Transform, LoadError> {

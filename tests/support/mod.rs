@@ -198,10 +198,6 @@ impl Broker {
         queue
     }
 
-    pub async fn exists(&self, queue: &str) -> bool {
-        self.passive(queue).await.is_some()
-    }
-
     pub async fn depth(&self, queue: &str) -> u32 {
         self.passive(queue).await.map_or(0, |q| q.message_count())
     }
@@ -406,10 +402,6 @@ impl HttpServer {
             .into_iter()
             .filter(|r| r.uri != "/oauth/token")
             .collect()
-    }
-
-    pub fn tokens_issued(&self) -> u32 {
-        self.state.lock().unwrap().tokens_issued
     }
 
     pub async fn wait_for_calls(&self, count: usize, timeout: Duration) -> Vec<Received> {
