@@ -391,3 +391,31 @@ routes:
     );
     assert_eq!(broker.depth(&forwarded).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn basic_auth_credentials_come_from_the_environment() {
+    let setup = Setup::new().await;
+    let yaml = std::fs::read_to_string(setup.config(QUICK_RETRY, "")).unwrap().replace(
+        "auth: { bearer: { token_env: TEST_SHOP_TOKEN } }",
+        "auth: { basic: { username: passerelle, password_env: TEST_SHOP_PASSWORD } }",
+    );
+    let config = setup.config_dir.write("basic.yaml", &yaml);
+    let mut host = support::Host::start_with_env(
+        &config,
+        &[
+            ("TEST_SHOP_PASSWORD", "open sesame"),
+            ("TEST_CRM_CLIENT_ID", "crm-client"),
+            ("TEST_CRM_CLIENT_SECRET", "crm-client-secret"),
+        ],
+    );
+    setup.broker.wait_for_consumers(&setup.crm_queue, 1).await;
+    setup.publish_accounts(0..1).await;
+    let calls = setup.server.wait_for_calls(1, Duration::from_secs(30)).await;
+    // base64("passerelle:open sesame")
+    assert_eq!(
+        calls[0].header("authorization"),
+        Some("Basic cGFzc2VyZWxsZTpvcGVuIHNlc2FtZQ==")
+    );
+    assert_eq!(host.terminate().code(), Some(0));
+    assert!(!host.log().contains("open sesame"), "the password leaked into the log");
+}
