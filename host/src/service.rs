@@ -59,46 +59,36 @@ pub async fn load_pipelines(config: &Config, runtime: &Runtime) -> anyhow::Resul
 }
 
 /// Serves until `shutdown` is cancelled, reconnecting whenever the broker
-/// connection is lost. The first connection's topology errors (a queue
-/// declared elsewhere with other settings, say) refuse the start.
+/// connection is lost. The first connection's errors (a wrong password, a
+/// queue declared elsewhere with other settings) refuse the start.
 pub async fn run(
     config: &Config,
     pipelines: &[Arc<Pipeline>],
     runtime: &Runtime,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = Backoff::default();
     let mut first = true;
     let deploys_seen = fleet::DeploysSeen::default();
     loop {
-        // The pid tells an operator (and a test) which host a connection is.
-        let name = format!("passerelle pid {}", std::process::id());
-        let connection = match amqp::connect(&config.amqp.url, &name).await {
-            Ok(connection) => Arc::new(connection),
+        let connection = match connect_and_declare(config).await {
+            Ok(connection) => connection,
             Err(error) if first => return Err(error),
             Err(error) => {
-                tracing::warn!("{error:#}; retrying in {delay:?}");
-                if wait_or_shutdown(delay, &shutdown).await {
+                tracing::warn!("{error:#}; retrying in {:?}", backoff.delay);
+                if backoff.wait(&shutdown).await {
                     return Ok(());
                 }
-                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
                 continue;
             }
         };
-        if let Err(error) = declare_all(&connection, config).await {
-            if first {
-                return Err(error);
-            }
-            tracing::warn!("{error:#}");
-            continue;
-        }
         // A host started after a deploy takes it before consuming.
         let exchange = &config.amqp.control_exchange;
         if let Err(error) = fleet::apply_latest(&connection, exchange, pipelines, runtime, &deploys_seen).await {
             tracing::warn!("could not read the deploy history: {error:#}");
         }
         first = false;
-        delay = Duration::from_secs(1);
+        backoff = Backoff::default();
         tracing::info!("connected to the broker; consuming {} route(s)", pipelines.len());
         match serve(&connection, config, pipelines, runtime, &deploys_seen, &shutdown).await {
             Ok(()) => {
@@ -107,18 +97,46 @@ pub async fn run(
             }
             Err(error) => tracing::warn!("connection lost, reconnecting: {error:#}"),
         }
-        if wait_or_shutdown(delay, &shutdown).await {
+        if backoff.wait(&shutdown).await {
             return Ok(());
         }
     }
 }
 
-/// Sleeps, or returns true at once when a shutdown is requested.
-async fn wait_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => false,
-        _ = shutdown.cancelled() => true,
+/// Exponential delay between reconnections, reset once connected.
+struct Backoff {
+    delay: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            delay: Duration::from_secs(1),
+        }
     }
+}
+
+impl Backoff {
+    /// Sleeps, or returns true at once when a shutdown is requested.
+    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let delay = self.delay;
+        self.delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => false,
+            _ = shutdown.cancelled() => true,
+        }
+    }
+}
+
+async fn connect_and_declare(config: &Config) -> anyhow::Result<Arc<Connection>> {
+    // The pid tells an operator (and a test) which host a connection is.
+    let name = format!("passerelle pid {}", std::process::id());
+    let connection = Arc::new(amqp::connect(&config.amqp.url, &name).await?);
+    if let Err(error) = declare_all(&connection, config).await {
+        let _ = connection.close(200, "declaring failed".into()).await;
+        return Err(error);
+    }
+    Ok(connection)
 }
 
 async fn declare_all(connection: &Connection, config: &Config) -> anyhow::Result<()> {
