@@ -8,7 +8,7 @@ mod support;
 use std::process::Output;
 use std::time::Duration;
 
-use support::{Deployment, Reply, eventually, passerelle};
+use support::{Deployment, Reply, eventually};
 
 /// A ladder of short delays for tests: quick retries, then two delayed ones.
 fn ladder(immediate: u32, delays: &[&str]) -> String {
@@ -31,22 +31,15 @@ fn dead_queue(setup: &Deployment) -> String {
     format!("{}.dead", setup.crm_queue)
 }
 
-fn dlq(setup: &Deployment, config: &std::path::Path, args: &[&str]) -> Output {
-    let output = passerelle()
-        .arg("dlq")
-        .args(args)
-        .arg("crm-to-shop")
-        .arg("--config")
-        .arg(config)
-        .envs(support::TEST_SECRETS.iter().copied())
-        .output()
-        .unwrap();
+/// `passerelle dlq ARGS crm-to-shop`, which must succeed.
+fn dlq(config: &std::path::Path, args: &[&str]) -> Output {
+    let command: Vec<&str> = ["dlq"].iter().chain(args).chain(&["crm-to-shop"]).copied().collect();
+    let output = support::operator_command(&command, config);
     assert!(
         output.status.success(),
         "dlq {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let _ = setup;
     output
 }
 
@@ -208,7 +201,7 @@ async fn an_exhausted_ladder_dead_letters_and_the_dlq_tools_list_replay_and_purg
         "one try per rung: first, after 100ms, after 200ms"
     );
 
-    let listing = String::from_utf8(dlq(&setup, &config, &["list"]).stdout).unwrap();
+    let listing = String::from_utf8(dlq(&config, &["list"]).stdout).unwrap();
     assert!(listing.contains("1 dead letter(s)"), "{listing}");
     let row = listing
         .lines()
@@ -220,7 +213,7 @@ async fn an_exhausted_ladder_dead_letters_and_the_dlq_tools_list_replay_and_purg
     assert_eq!(broker.depth(&dead).await, 1, "listing leaves the dead letters in place");
 
     setup.server.reply_always(None);
-    let replay = String::from_utf8(dlq(&setup, &config, &["replay", "--all"]).stdout).unwrap();
+    let replay = String::from_utf8(dlq(&config, &["replay", "--all"]).stdout).unwrap();
     assert!(replay.contains("replayed 1 message"), "{replay}");
     setup.server.wait_for_calls(4, Duration::from_secs(30)).await;
     setup.wait_until_queue_is_empty(&setup.crm_queue).await;
@@ -232,7 +225,7 @@ async fn an_exhausted_ladder_dead_letters_and_the_dlq_tools_list_replay_and_purg
         (broker.depth(&dead).await == 2).then_some(())
     })
     .await;
-    let replay_one = String::from_utf8(dlq(&setup, &config, &["replay", "--id", "msg-2"]).stdout).unwrap();
+    let replay_one = String::from_utf8(dlq(&config, &["replay", "--id", "msg-2"]).stdout).unwrap();
     assert!(replay_one.contains("replayed 1 message"), "{replay_one}");
     eventually(
         "the replayed message to fail again",
@@ -240,7 +233,7 @@ async fn an_exhausted_ladder_dead_letters_and_the_dlq_tools_list_replay_and_purg
         async || (broker.depth(&dead).await == 2).then_some(()),
     )
     .await;
-    let purge = String::from_utf8(dlq(&setup, &config, &["purge"]).stdout).unwrap();
+    let purge = String::from_utf8(dlq(&config, &["purge"]).stdout).unwrap();
     assert!(purge.contains("purged 2 message"), "{purge}");
     assert_eq!(broker.depth(&dead).await, 0);
     drop(host);

@@ -8,7 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::{ConfigDir, Deployment, Host, eventually, passerelle, transform};
+use support::{ConfigDir, Deployment, Host, eventually, operator_command, transform};
 
 /// A new version of the shipped crm-to-shop: the same code with a custom
 /// section of its own, so a different content hash.
@@ -154,16 +154,6 @@ async fn bad_candidates_are_refused_and_the_old_version_keeps_serving() {
     );
 }
 
-fn cli(args: &[&str], config: &Path) -> std::process::Output {
-    passerelle()
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .envs(support::TEST_SECRETS.iter().copied())
-        .output()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn one_deploy_swaps_every_host_and_rollback_returns_them_all() {
     let setup = Deployment::new().await;
@@ -175,7 +165,7 @@ async fn one_deploy_swaps_every_host_and_rollback_returns_them_all() {
     let host_b = setup.start_nth_host(&config_b, 2, &[]).await;
 
     // A bad component is refused before it reaches any host.
-    let refused = cli(
+    let refused = operator_command(
         &[
             "deploy",
             "crm-to-shop",
@@ -190,7 +180,7 @@ async fn one_deploy_swaps_every_host_and_rollback_returns_them_all() {
     let v2 = version_of(&v2_bytes);
     let v2_file = setup.config_dir.dir.path().join("v2.wasm");
     std::fs::write(&v2_file, &v2_bytes).unwrap();
-    let deployed = cli(&["deploy", "crm-to-shop", &v2_file.display().to_string()], &config_a);
+    let deployed = operator_command(&["deploy", "crm-to-shop", &v2_file.display().to_string()], &config_a);
     assert!(
         deployed.status.success(),
         "{}",
@@ -227,7 +217,7 @@ async fn one_deploy_swaps_every_host_and_rollback_returns_them_all() {
     setup.server.wait_for_calls(30, Duration::from_secs(30)).await;
     assert!(versions_by_account(&setup).iter().all(|(_, v)| *v == v2));
 
-    let rolled_back = cli(&["rollback", "crm-to-shop"], &config_a);
+    let rolled_back = operator_command(&["rollback", "crm-to-shop"], &config_a);
     assert!(
         rolled_back.status.success(),
         "{}",

@@ -44,6 +44,18 @@ pub fn passerelle() -> Command {
     Command::new(env!("CARGO_BIN_EXE_passerelle"))
 }
 
+/// Runs an operator command against a test's configuration, with the
+/// secrets that configuration names.
+pub fn operator_command(args: &[&str], config: &Path) -> std::process::Output {
+    passerelle()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .envs(TEST_SECRETS.iter().copied())
+        .output()
+        .unwrap()
+}
+
 /// A suffix that keeps this test's broker objects apart from every other.
 pub fn unique_suffix() -> String {
     format!("{}-{:08x}", std::process::id(), rand::random::<u32>())
