@@ -117,7 +117,7 @@ async fn publish_deployment(config: &Config, deployment: &fleet::Deployment) -> 
 fn baseline(config: &Config, route_name: &str) -> anyhow::Result<fleet::Deployment> {
     let path = &route(config, route_name)?.transform;
     let component = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let fixtures = reload::read_fixtures(&reload::fixtures_path(path)).map_err(anyhow::Error::msg)?;
+    let fixtures = reload::fixtures_beside(path).map_err(anyhow::Error::msg)?;
     Ok(fleet::Deployment {
         route: route_name.to_string(),
         version: Version::of(&component),

@@ -358,7 +358,7 @@ async fn deploy(route: &str, component: &Path, config: &Path) -> anyhow::Result<
     let config = Config::load(config)?;
     let runtime = Runtime::new()?;
     let bytes = std::fs::read(component).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", component.display()))?;
-    let fixtures = reload::read_fixtures(&reload::fixtures_path(component)).map_err(anyhow::Error::msg)?;
+    let fixtures = reload::fixtures_beside(component).map_err(anyhow::Error::msg)?;
     match admin::deploy(&config, &runtime, route, bytes, fixtures).await? {
         Ok(version) => {
             println!("deployed {version} to route {route} on every host");

@@ -11,7 +11,7 @@ mod watch;
 
 use std::sync::Arc;
 
-pub use fixtures::{Expected, Fixture, check_fixtures, fixtures_path, parse_fixtures, read_fixtures};
+pub use fixtures::{Expected, Fixture, check_fixtures, fixtures_beside, fixtures_path, parse_fixtures};
 pub use watch::watch_components;
 
 use crate::pipeline::Pipeline;

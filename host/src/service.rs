@@ -34,8 +34,7 @@ pub async fn load_pipelines(config: &Config, runtime: &Runtime) -> anyhow::Resul
         let file = route.transform.display();
         let bytes =
             std::fs::read(&route.transform).with_context(|| format!("route {name}: reading transform {file}"))?;
-        let fixtures = reload::read_fixtures(&reload::fixtures_path(&route.transform))
-            .map_err(|e| anyhow!("route {name}: {e}"))?;
+        let fixtures = reload::fixtures_beside(&route.transform).map_err(|e| anyhow!("route {name}: {e}"))?;
         let context = Pipeline::context_for(name, route);
         let transform = reload::validate(runtime, bytes, &context, fixtures.as_deref())
             .await

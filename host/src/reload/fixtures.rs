@@ -33,9 +33,10 @@ pub fn fixtures_path(component: &Path) -> PathBuf {
     component.with_file_name(format!("{stem}.fixtures.json"))
 }
 
-/// Reads a fixtures file; a missing file is no fixtures.
-pub fn read_fixtures(path: &Path) -> Result<Option<String>, String> {
-    match std::fs::read_to_string(path) {
+/// Reads the fixtures beside a component; a missing file is no fixtures.
+pub fn fixtures_beside(component: &Path) -> Result<Option<String>, String> {
+    let path = fixtures_path(component);
+    match std::fs::read_to_string(&path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read fixtures {}: {e}", path.display())),

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{fixtures_path, read_fixtures, try_swap};
+use super::{fixtures_beside, fixtures_path, try_swap};
 use crate::pipeline::Pipeline;
 use crate::runtime::Runtime;
 
@@ -95,7 +95,7 @@ async fn reload(runtime: &Runtime, pipeline: &Arc<Pipeline>) {
             return;
         }
     };
-    let fixtures = match read_fixtures(&fixtures_path(path)) {
+    let fixtures = match fixtures_beside(path) {
         Ok(fixtures) => fixtures,
         Err(error) => {
             tracing::warn!(route = %pipeline.name, "{error}; the current transform keeps serving");
