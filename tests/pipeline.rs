@@ -4,11 +4,10 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{CRM_ACCOUNT, Deployment as Setup, Reply, SHOP_BUSINESS, eventually, transform};
+use support::{CRM_ACCOUNT, Deployment as Setup, Reply, SHOP_BUSINESS, close_connection_of, eventually, transform};
 
 /// Quick in-process retries keep failing tests short.
 const QUICK_RETRY: &str = "    retry: { immediate: 1, backoff: 10ms }";
@@ -200,26 +199,6 @@ async fn a_permanent_http_error_is_dead_lettered_with_the_status() {
         dead[0].headers
     );
     assert_eq!(setup.server.calls().len(), 1, "a 400 is not retried");
-}
-
-/// Closes the host's connection from the broker's side.
-fn close_connection_of(pid: u32) {
-    let listing = Command::new("rabbitmqctl")
-        .args(["-q", "list_connections", "pid", "client_properties"])
-        .output()
-        .unwrap();
-    let listing = String::from_utf8_lossy(&listing.stdout);
-    let marker = format!("passerelle pid {pid}");
-    let connection = listing
-        .lines()
-        .find(|line| line.contains(&marker))
-        .and_then(|line| line.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no connection named {marker:?} in:\n{listing}"));
-    let status = Command::new("rabbitmqctl")
-        .args(["-q", "close_connection", connection, "closed by the test"])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,22 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::{ConfigDir, Deployment, Host, eventually, operator_command, transform};
-
-/// A new version of the shipped crm-to-shop: the same code with a custom
-/// section of its own, so a different content hash.
-fn new_version() -> Vec<u8> {
-    let mut bytes = std::fs::read(transform("crm-to-shop")).unwrap();
-    let name = b"passerelle-test";
-    let payload = format!("{:032x}", rand::random::<u128>());
-    let size = 1 + name.len() + payload.len();
-    bytes.push(0); // custom section id
-    bytes.push(u8::try_from(size).unwrap()); // LEB128, one byte for < 128
-    bytes.push(u8::try_from(name.len()).unwrap());
-    bytes.extend_from_slice(name);
-    bytes.extend_from_slice(payload.as_bytes());
-    bytes
-}
+use support::{ConfigDir, Deployment, Host, eventually, new_version, operator_command};
 
 fn version_of(bytes: &[u8]) -> String {
     passerelle::version::Version::of(bytes).to_string()
@@ -175,6 +160,19 @@ async fn one_deploy_swaps_every_host_and_rollback_returns_them_all() {
     );
     assert_eq!(refused.status.code(), Some(13));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("refused, nothing deployed"));
+
+    // So is one that fails a fixture beside it, with the fixtures' exit code.
+    let failing = setup.config_dir.dir.path().join("failing.wasm");
+    std::fs::write(&failing, new_version()).unwrap();
+    let wrong_expectation = r#"[{"name": "expects a reject", "message": {"body": {"Id": "gg-11", "Name": "Eleven Labs", "Status__c": "CLIENT_ACTIVE", "Country__c": "FR"}}, "expect": {"reject": "never"}}]"#;
+    std::fs::write(passerelle::reload::fixtures_path(&failing), wrong_expectation).unwrap();
+    let refused = operator_command(&["deploy", "crm-to-shop", &failing.display().to_string()], &config_a);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(14), "{stderr}");
+    assert!(
+        stderr.contains("refused, nothing deployed") && stderr.contains("expects a reject"),
+        "{stderr}"
+    );
 
     let v2_bytes = new_version();
     let v2 = version_of(&v2_bytes);

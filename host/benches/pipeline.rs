@@ -34,10 +34,9 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use passerelle::config::Config;
-use passerelle::pipeline::Pipeline;
+use passerelle::host::Host;
+use passerelle::routes;
 use passerelle::runtime::{Message, Runtime};
-use passerelle::service;
-use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
     common::init_tracing();
@@ -143,21 +142,17 @@ async fn pipeline_round(
     let route = &config.routes[ROUTE];
     let (queue, dlq) = (route.queue.as_str(), route.dead_letter_queue());
     // The host's own topology declaration, so that messages wait for it.
-    passerelle::amqp::declare_topology(&broker.channel, ROUTE, route).await?;
+    passerelle::amqp::declare_topology(&broker.channel, route).await?;
     broker
         .channel
         .queue_purge(dlq.as_str().into(), Default::default())
         .await?;
     broker.publish(queue, n, &format!("pipeline-{round}")).await?;
-    let pipelines = service::load_pipelines(config, runtime).await?;
+    let loaded = routes::load(config, runtime).await?;
     server.expect(n);
 
     let started = Instant::now();
-    let shutdown = CancellationToken::new();
-    let host = tokio::spawn({
-        let (config, runtime, shutdown) = (config.clone(), runtime.clone(), shutdown.clone());
-        async move { service::run(&config, &pipelines, &runtime, shutdown).await }
-    });
+    let host = Host::start_loaded(config.clone(), runtime.clone(), loaded).await?;
     // The N-th request wakes this at once; dead letters are noticed within 100ms.
     let finished = tokio::time::timeout(Duration::from_secs(30) + n as u32 * Duration::from_millis(10), async {
         loop {
@@ -173,8 +168,8 @@ async fn pipeline_round(
     })
     .await;
     let elapsed = started.elapsed();
-    shutdown.cancel();
-    host.await.context("the host panicked")??;
+    host.shutdown_token().cancel();
+    host.wait().await?;
 
     let (received, left, dead) = (
         server.count(),
@@ -196,7 +191,7 @@ async fn transform_only(
     n: usize,
 ) -> anyhow::Result<(f64, usize)> {
     let transform = runtime.load(&std::fs::read(wasm)?)?;
-    let context = Pipeline::context_for(ROUTE, route);
+    let context = routes::context_for(route);
     let message = Message {
         body: ACCOUNT.as_bytes().to_vec(),
         content_type: Some("application/json".into()),

@@ -34,9 +34,10 @@ use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use lapin::Channel;
 use lapin::options::ConfirmSelectOptions;
+use passerelle::host::Host;
+use passerelle::reload;
 use passerelle::runtime::{LoadError, Runtime, Transform};
 use passerelle::version::Version;
-use passerelle::{reload, service};
 use tokio_util::sync::CancellationToken;
 
 const PUBLISH_EVERY: Duration = Duration::from_millis(2);
@@ -120,17 +121,12 @@ async fn swap_rounds(broker: &Broker, wasm: &Path, shipped: &[u8], rounds: usize
     broker.owns(&config);
     let route = &config.routes[ROUTE];
     // The host's own declaration, so that the stream can start at once.
-    passerelle::amqp::declare_topology(&broker.channel, ROUTE, route).await?;
+    passerelle::amqp::declare_topology(&broker.channel, route).await?;
     let runtime = Runtime::new()?.with_cache(cache.path())?;
-    let pipelines = service::load_pipelines(&config, &runtime).await?;
     let first = server.first_call_from(Version::of(shipped).as_str());
 
-    let shutdown = CancellationToken::new();
-    reload::watch_components(&pipelines, &runtime, shutdown.clone())?;
-    let host = tokio::spawn({
-        let (config, runtime, shutdown) = (config.clone(), runtime.clone(), shutdown.clone());
-        async move { service::run(&config, &pipelines, &runtime, shutdown).await }
-    });
+    let host = Host::start(config.clone(), runtime).await?;
+    let shutdown = host.shutdown_token();
     let channel = broker.connection.create_channel().await?;
     let stream = tokio::spawn(publish_steadily(channel, route.queue.clone(), shutdown.clone()));
 
@@ -142,8 +138,8 @@ async fn swap_rounds(broker: &Broker, wasm: &Path, shipped: &[u8], rounds: usize
     }
     .await;
     shutdown.cancel();
-    let (published, served) = (stream.await, host.await);
-    served.context("the host panicked")??;
+    let (published, served) = (stream.await, host.wait().await);
+    served?;
     let published = published.context("the publisher panicked")??;
     let latencies = measured?;
 

@@ -1,263 +1,346 @@
-//! Operator commands. On a route's dead letters, in the spirit of
-//! rabbit-mq-admin-toolkit's message commands: list them with their
-//! reason, replay them into the work queue with a fresh attempt budget
-//! (confirmed before they leave the dead-letter queue, so an interrupted
-//! replay loses nothing), or purge them. On a route's transform, for every
-//! host at once: deploy a new one, or roll back to the previous one.
+//! The admin HTTP server inside `passerelle run`: health for the
+//! orchestrator, Prometheus metrics, the routes' transforms (list, upload,
+//! rollback), dead letters (list, replay) and the ops web page. Off unless
+//! configured; loopback by default. Everything but `/`, `/healthz`,
+//! `/readyz` and `/metrics` needs the bearer token, compared in constant
+//! time. Uploads go through the same checks and swap as a changed file.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, anyhow};
-use lapin::message::BasicGetMessage;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use axum::extract::{DefaultBodyLimit, FromRequest as _, Multipart, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq as _;
+use tokio_util::sync::CancellationToken;
 
-use crate::amqp::{self, ATTEMPT_HEADER, HEADER_PREFIX, Publisher};
-use crate::config::{Config, Route};
-use crate::pipeline::Pipeline;
-use crate::reload::{self, fleet};
-use crate::runtime::Runtime;
-use crate::version::Version;
+use crate::amqp;
+use crate::config::Admin;
+use crate::host::Parts;
+use crate::ops::{deploy, dlq};
+use crate::reload::{Origin, Refusal, store};
+use crate::routes::RouteHandle;
+use crate::stats::BreakerState;
 
-/// At most this many dead letters are looked at in one command: they are
-/// all held unacked until it ends.
-pub const MAX_MESSAGES: usize = 10_000;
+const PAGE: &str = include_str!("admin/page.html");
 
-/// A dead letter as `dlq list` shows it.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub message_id: Option<String>,
-    pub reason: String,
-    pub attempts: String,
-    pub version: String,
-    pub http_status: Option<String>,
-    pub age: Option<Duration>,
+/// Binds the listener (an address in use refuses the start) and serves
+/// until `shutdown`. Returns the bound address.
+pub async fn serve(settings: &Admin, parts: Parts, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("admin.listen: cannot listen on {}: {e}", settings.listen))?;
+    let address = listener.local_addr()?;
+    let app = router(settings, parts);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!("the admin server stopped: {error}");
+        }
+    });
+    tracing::info!("admin server on http://{address}/");
+    Ok(address)
 }
 
-/// Which dead letters `dlq replay` sends back.
-pub enum Selection {
-    All,
-    Ids(Vec<String>),
+#[derive(Clone)]
+struct AdminState {
+    parts: Parts,
+    token: Arc<str>,
 }
 
-/// Checks a component for a route as every host will (world, fixtures),
-/// then publishes it to all of them. The inner error is the refusal.
-pub async fn deploy(
-    config: &Config,
-    runtime: &Runtime,
-    route_name: &str,
-    component: Vec<u8>,
-    fixtures: Option<String>,
-) -> anyhow::Result<Result<Version, String>> {
-    let route = route(config, route_name)?;
-    let context = Pipeline::context_for(route_name, route);
-    if let Err(reason) = reload::validate(runtime, component.clone(), &context, fixtures.as_deref()).await {
-        return Ok(Err(reason));
-    }
-    let deployment = fleet::Deployment {
-        route: route_name.to_string(),
-        version: Version::of(&component),
-        component,
-        fixtures,
+fn router(settings: &Admin, parts: Parts) -> Router {
+    let state = AdminState {
+        parts,
+        token: settings.token.expose().into(),
     };
-    publish_deployment(config, &deployment).await?;
-    Ok(Ok(deployment.version))
+    let protected = Router::new()
+        .route("/status", get(status))
+        .route("/transforms", get(transforms))
+        .route("/transforms/{route}", post(upload))
+        .route("/transforms/{route}/rollback", post(rollback))
+        .route("/dlq/{route}", get(dead_letters))
+        .route("/dlq/{route}/replay", post(replay))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/healthz", get(|| async { Json(json!({"status": "alive"})) }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .merge(protected)
+        .layer(DefaultBodyLimit::max(settings.max_body.as_u64() as usize))
+        .with_state(state)
 }
 
-/// Publishes again the latest deployed version that differs from the
-/// current one. Returns (from, to).
-pub async fn rollback(config: &Config, runtime: &Runtime, route_name: &str) -> anyhow::Result<(Version, Version)> {
-    route(config, route_name)?;
-    let connection = amqp::connect(&config.amqp.url, "passerelle-rollback").await?;
-    let history = fleet::history(&connection, &config.amqp.control_exchange, route_name).await?;
-    let _ = connection.close(200, "read".into()).await;
-    let current = history
-        .last()
-        .ok_or_else(|| anyhow!("route {route_name} has no deploy to roll back"))?
-        .version
-        .clone();
-    let previous = history
+/// An error answer: a status and a JSON body saying why.
+struct Problem(StatusCode, String);
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+type Answer = Result<Json<Value>, Problem>;
+
+async fn require_token(State(state): State<AdminState>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(given.as_bytes().ct_eq(state.token.as_bytes())) {
+        return next.run(request).await;
+    }
+    let problem = "a bearer token is required (Authorization: Bearer ..., from admin.token_env)";
+    Problem(StatusCode::UNAUTHORIZED, problem.into()).into_response()
+}
+
+/// Ready when the broker is connected and every route has a transform
+/// (a host only starts once each route's transform loaded).
+async fn ready(State(state): State<AdminState>) -> Response {
+    let parts = &state.parts;
+    let connected = parts.stats.broker_connected();
+    let routes: Vec<Value> = parts
+        .routes
         .iter()
-        .rev()
-        .find(|deployment| deployment.version != current)
-        .cloned()
-        .ok_or_else(|| anyhow!("route {route_name} has no earlier version than {current} to roll back to"))?;
-    let to = previous.version.clone();
-    match deploy(config, runtime, route_name, previous.component, previous.fixtures).await? {
-        Ok(_) => Ok((current, to)),
-        Err(reason) => Err(anyhow!(
-            "the previous version {to} no longer passes its checks: {reason}"
-        )),
+        .map(|route| json!({"route": route.name, "version": route.slot.current().version.as_str()}))
+        .collect();
+    if connected {
+        return Json(json!({"ready": true, "routes": routes})).into_response();
     }
+    let body = json!({"ready": false, "reason": "not connected to the broker", "routes": routes});
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
-async fn publish_deployment(config: &Config, deployment: &fleet::Deployment) -> anyhow::Result<()> {
-    let connection = Arc::new(amqp::connect(&config.amqp.url, "passerelle-deploy").await?);
-    let channel = connection.create_channel().await?;
-    let routes: Vec<String> = config.routes.keys().cloned().collect();
-    let exchange = &config.amqp.control_exchange;
-    fleet::declare(&channel, exchange, &routes).await?;
-    let _ = channel.close(200, "declared".into()).await;
-    if fleet::history(&connection, exchange, &deployment.route)
-        .await?
-        .is_empty()
-    {
-        // Before the first deploy, hosts run the file the configuration
-        // names: record it, so that a rollback can return to it.
-        let baseline = baseline(config, &deployment.route)?;
-        fleet::record(&connection, exchange, &baseline).await?;
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let parts = &state.parts;
+    // Breaker states are read when scraped: nothing to do per message.
+    for (endpoint, breaker) in parts.http.breaker_states() {
+        parts.stats.breaker(&endpoint, breaker);
     }
-    let published = fleet::publish(&connection, exchange, deployment).await;
-    let _ = connection.close(200, "deployed".into()).await;
-    published
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], parts.stats.encode()).into_response()
 }
 
-fn baseline(config: &Config, route_name: &str) -> anyhow::Result<fleet::Deployment> {
-    let path = &route(config, route_name)?.transform;
-    let component = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let fixtures = reload::fixtures_beside(path).map_err(anyhow::Error::msg)?;
-    Ok(fleet::Deployment {
-        route: route_name.to_string(),
-        version: Version::of(&component),
-        component,
-        fixtures,
+async fn status(State(state): State<AdminState>) -> Json<Value> {
+    let parts = &state.parts;
+    let breakers = parts.http.breaker_states();
+    let routes: Vec<Value> = parts
+        .routes
+        .iter()
+        .map(|route| {
+            let counts = parts.stats.route_counts(&route.name);
+            let endpoints: Vec<Value> = route
+                .route
+                .endpoints
+                .iter()
+                .map(|name| {
+                    let state = breakers.iter().find(|(n, _)| n == name).map(|(_, s)| *s);
+                    json!({"name": name, "breaker": state.unwrap_or(BreakerState::Closed).name()})
+                })
+                .collect();
+            let mut entry = describe(route);
+            entry["queue"] = json!(route.route.queue);
+            entry["endpoints"] = json!(endpoints);
+            for (key, value) in [
+                ("received", counts.received),
+                ("delivered", counts.delivered),
+                ("retried", counts.retried),
+                ("dead_lettered", counts.dead_lettered),
+            ] {
+                entry[key] = json!(value);
+            }
+            entry
+        })
+        .collect();
+    Json(json!({"broker_connected": parts.stats.broker_connected(), "routes": routes}))
+}
+
+fn describe(route: &RouteHandle) -> Value {
+    let loaded = route.loaded();
+    json!({
+        "route": route.name,
+        "version": route.slot.current().version.as_str(),
+        "loaded_at": humantime::format_rfc3339_seconds(loaded.at).to_string(),
+        "source": loaded.source,
     })
 }
 
-pub fn route<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a Route> {
-    config.routes.get(name).ok_or_else(|| {
-        let known: Vec<&str> = config.routes.keys().map(String::as_str).collect();
-        anyhow!("no route {name:?} (routes: {})", known.join(", "))
-    })
+async fn transforms(State(state): State<AdminState>) -> Json<Value> {
+    Json(state.parts.routes.iter().map(|route| describe(route)).collect())
 }
 
-/// Reads every dead letter, leaving them all in place.
-pub async fn list(connection: &Connection, route: &Route) -> anyhow::Result<Vec<DeadLetter>> {
-    let channel = connection.create_channel().await?;
-    let present = present(&channel, route).await?;
-    let mut letters = Vec::new();
-    while let Some(message) = next(&channel, route, letters.len(), present).await? {
-        letters.push(describe(&message));
-    }
-    // Closing the channel returns the unacked messages to the queue.
-    let _ = channel.close(200, "listed".into()).await;
-    Ok(letters)
+fn find<'a>(state: &'a AdminState, name: &str) -> Result<&'a Arc<RouteHandle>, Problem> {
+    state
+        .parts
+        .routes
+        .iter()
+        .find(|route| route.name == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = state.parts.routes.iter().map(|r| r.name.as_str()).collect();
+            let problem = format!("no route {name:?} (routes: {})", known.join(", "));
+            Problem(StatusCode::NOT_FOUND, problem)
+        })
 }
 
-/// Publishes the selected dead letters to the work queue with a fresh
-/// attempt count; each leaves the dead-letter queue only once the broker
-/// confirmed its copy. Returns how many were replayed.
-pub async fn replay(connection: &Arc<Connection>, route: &Route, selection: &Selection) -> anyhow::Result<usize> {
-    let channel = connection.create_channel().await?;
-    let publisher = Publisher::new(connection.clone());
-    // Only what is there now: a replayed message that fails again lands
-    // back in the queue, and must not be replayed in a loop.
-    let present = present(&channel, route).await?;
-    let (mut seen, mut replayed) = (0, 0);
-    while let Some(message) = next(&channel, route, seen, present).await? {
-        seen += 1;
-        if !selection.takes(message.delivery.properties.message_id().as_ref().map(|id| id.as_str())) {
-            continue;
-        }
-        let properties = message
-            .delivery
-            .properties
-            .clone()
-            .with_headers(fresh_headers(&message));
-        publisher
-            .publish("", &route.queue, &message.delivery.data, properties)
+#[derive(Deserialize)]
+struct UploadOptions {
+    #[serde(default)]
+    fleet: bool,
+}
+
+/// A component and its optional fixtures, from a multipart form
+/// (`component`, `fixtures`) or a raw `application/wasm` body.
+async fn read_upload(request: Request) -> Result<(Vec<u8>, Option<String>), Problem> {
+    let bad = |problem: String| Problem(StatusCode::BAD_REQUEST, problem);
+    let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
+    let is_form = content_type
+        .as_ref()
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("multipart/form-data"));
+    if !is_form {
+        let body = axum::body::Bytes::from_request(request, &())
             .await
-            .context("replaying into the work queue")?;
-        message.delivery.ack(BasicAckOptions::default()).await?;
-        replayed += 1;
+            .map_err(|rejection| Problem(rejection.status(), rejection.body_text()))?;
+        return Ok((body.to_vec(), None));
     }
-    let _ = channel.close(200, "replayed".into()).await;
-    Ok(replayed)
-}
-
-/// Drops every dead letter of the route; returns how many.
-pub async fn purge(connection: &Connection, route: &Route) -> anyhow::Result<u32> {
-    let channel = connection.create_channel().await?;
-    let queue = route.dead_letter_queue();
-    let count = channel
-        .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
+    let mut form = Multipart::from_request(request, &())
         .await
-        .with_context(|| format!("purging {queue}"))?;
-    let _ = channel.close(200, "purged".into()).await;
-    Ok(count)
-}
-
-/// How many dead letters the route has now.
-async fn present(channel: &Channel, route: &Route) -> anyhow::Result<usize> {
-    let queue = route.dead_letter_queue();
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let declared = channel
-        .queue_declare(queue.as_str().into(), options, FieldTable::default())
+        .map_err(|rejection| Problem(rejection.status(), rejection.body_text()))?;
+    let (mut component, mut fixtures) = (None, None);
+    while let Some(field) = form
+        .next_field()
         .await
-        .with_context(|| format!("no dead-letter queue {queue}: has the route run yet?"))?;
-    Ok(declared.message_count() as usize)
-}
-
-async fn next(
-    channel: &Channel,
-    route: &Route,
-    seen: usize,
-    present: usize,
-) -> anyhow::Result<Option<BasicGetMessage>> {
-    if seen >= present.min(MAX_MESSAGES) {
-        return Ok(None);
-    }
-    let queue = route.dead_letter_queue();
-    channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-        .await
-        .with_context(|| format!("reading {queue}"))
-}
-
-impl Selection {
-    fn takes(&self, message_id: Option<&str>) -> bool {
-        match self {
-            Selection::All => true,
-            Selection::Ids(ids) => message_id.is_some_and(|id| ids.iter().any(|wanted| wanted == id)),
-        }
-    }
-}
-
-/// The original headers without the failure's, and attempt 1 again.
-fn fresh_headers(message: &BasicGetMessage) -> FieldTable {
-    let mut headers = FieldTable::default();
-    if let Some(original) = message.delivery.properties.headers() {
-        for (name, value) in original.inner() {
-            if !name.as_str().starts_with(HEADER_PREFIX) {
-                headers.insert(name.clone(), value.clone());
+        .map_err(|e| Problem(e.status(), e.body_text()))?
+    {
+        let name = field.name().unwrap_or_default().to_string();
+        let bytes = field.bytes().await.map_err(|e| Problem(e.status(), e.body_text()))?;
+        match name.as_str() {
+            "component" => component = Some(bytes.to_vec()),
+            "fixtures" if bytes.is_empty() => {}
+            "fixtures" => {
+                let text = String::from_utf8(bytes.to_vec()).map_err(|_| bad("fixtures: not UTF-8 text".into()))?;
+                fixtures = Some(text);
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown form field {other:?} (expected component, fixtures)"
+                )));
             }
         }
     }
-    headers.insert(ATTEMPT_HEADER.into(), amqp::text("1"));
-    headers
+    let component = component.ok_or_else(|| bad("the form has no component field".into()))?;
+    Ok((component, fixtures))
 }
 
-fn describe(message: &BasicGetMessage) -> DeadLetter {
-    let properties = &message.delivery.properties;
-    let headers = amqp::headers_as_text(properties.headers().as_ref());
-    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let age = header("x-passerelle-dead-lettered-at")
-        .and_then(|at| at.parse::<u64>().ok())
-        .and_then(|at| {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-            Some(Duration::from_secs(now.saturating_sub(at)))
-        });
-    DeadLetter {
-        message_id: properties.message_id().as_ref().map(|id| id.to_string()),
-        reason: header("x-passerelle-reason").unwrap_or_else(|| "(no reason recorded)".into()),
-        attempts: header(ATTEMPT_HEADER).unwrap_or_else(|| "?".into()),
-        version: header(amqp::VERSION_HEADER).unwrap_or_else(|| "?".into()),
-        http_status: header("x-passerelle-http-status"),
-        age,
+fn refused(refusal: Refusal) -> Problem {
+    Problem(StatusCode::UNPROCESSABLE_ENTITY, format!("refused: {refusal}"))
+}
+
+async fn upload(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Query(options): Query<UploadOptions>,
+    request: Request,
+) -> Answer {
+    let route = find(&state, &name)?.clone();
+    let (component, fixtures) = read_upload(request).await?;
+    let parts = &state.parts;
+    if options.fleet {
+        let runtime = &parts.reloader.runtime;
+        let deployed = deploy::deploy(&parts.config, runtime, &name, component, fixtures)
+            .await
+            .map_err(|e| Problem(StatusCode::BAD_GATEWAY, format!("{e:#}")))?
+            .map_err(refused)?;
+        return Ok(Json(
+            json!({"route": name, "version": deployed.as_str(), "fleet": true}),
+        ));
     }
+    let previous = route.slot.current().version.clone();
+    let version = parts
+        .reloader
+        .try_swap(&route, component.clone(), fixtures.as_deref(), Origin::Upload)
+        .await
+        .map_err(refused)?;
+    if let Err(error) = store(&route, &component, fixtures.as_deref()) {
+        tracing::error!(route = %name, "uploaded {version} but could not store it: {error:#}");
+    }
+    Ok(Json(
+        json!({"route": name, "version": version.as_str(), "previous": previous.as_str()}),
+    ))
+}
+
+async fn rollback(State(state): State<AdminState>, Path(name): Path<String>) -> Answer {
+    find(&state, &name)?;
+    let parts = &state.parts;
+    let (from, to) = deploy::rollback(&parts.config, &parts.reloader.runtime, &name)
+        .await
+        .map_err(|e| Problem(StatusCode::CONFLICT, format!("{e:#}")))?;
+    Ok(Json(json!({"route": name, "from": from.as_str(), "to": to.as_str()})))
+}
+
+async fn connect(state: &AdminState) -> Result<Arc<lapin::Connection>, Problem> {
+    let connection = amqp::connect(&state.parts.config.amqp.url, "passerelle-admin")
+        .await
+        .map_err(|e| Problem(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+    Ok(Arc::new(connection))
+}
+
+async fn dead_letters(State(state): State<AdminState>, Path(name): Path<String>) -> Answer {
+    let route = find(&state, &name)?.clone();
+    let connection = connect(&state).await?;
+    let listed = dlq::list(&connection, &route.route).await;
+    let _ = connection.close(200, "listed".into()).await;
+    let letters = listed.map_err(|e| Problem(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+    let letters: Vec<Value> = letters
+        .iter()
+        .map(|letter| {
+            json!({
+                "message_id": letter.message_id,
+                "reason": letter.record.reason,
+                "attempts": letter.record.attempt.to_string(),
+                "version": letter.record.version,
+                "http_status": letter.record.http_status.map(|s| s.to_string()),
+                "age_seconds": letter.age.map(|age| age.as_secs()),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"route": name, "dead_letters": letters})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayRequest {
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    ids: Vec<String>,
+}
+
+async fn replay(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Json(request): Json<ReplayRequest>,
+) -> Answer {
+    let route = find(&state, &name)?.clone();
+    let selection = match (request.all, request.ids.is_empty()) {
+        (true, true) => dlq::Selection::All,
+        (false, false) => dlq::Selection::Ids(request.ids),
+        _ => {
+            let problem = r#"say {"all": true} or {"ids": ["..."]}, not both nor neither"#;
+            return Err(Problem(StatusCode::BAD_REQUEST, problem.into()));
+        }
+    };
+    let connection = connect(&state).await?;
+    let replayed = dlq::replay(&connection, &route.route, &selection).await;
+    let _ = connection.close(200, "replayed".into()).await;
+    let replayed = replayed.map_err(|e| Problem(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+    Ok(Json(json!({"route": name, "replayed": replayed})))
 }

@@ -1,5 +1,9 @@
-//! RabbitMQ: connecting, declaring each route's topology idempotently,
-//! publishing with confirms, and reading and writing message headers.
+//! RabbitMQ: connecting, declaring each route's topology idempotently and
+//! publishing with confirms. `headers` is every header we read or write;
+//! `consumer` is the AMQP side of a route's message path.
+
+pub mod consumer;
+pub mod headers;
 
 use std::sync::Arc;
 
@@ -7,18 +11,11 @@ use anyhow::{Context as _, anyhow};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Mutex;
 
 use crate::config::{QueueType, Route, Secret, redact_url};
-
-/// Header prefix of everything Passerelle writes on a message.
-pub const HEADER_PREFIX: &str = "x-passerelle-";
-/// How many times the whole message has been tried (1 on first delivery).
-pub const ATTEMPT_HEADER: &str = "x-passerelle-attempt";
-/// The transform version that produced a message or a failure.
-pub const VERSION_HEADER: &str = "x-passerelle-transform-version";
 
 pub async fn connect(url: &Secret, name: &str) -> anyhow::Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
@@ -31,7 +28,8 @@ pub async fn connect(url: &Secret, name: &str) -> anyhow::Result<Connection> {
 /// Declares a route's exchanges, work queue, bindings and dead-letter
 /// queue. Declaring what exists with the same settings changes nothing;
 /// different settings are refused by the broker and reported.
-pub async fn declare_topology(channel: &Channel, route_name: &str, route: &Route) -> anyhow::Result<()> {
+pub async fn declare_topology(channel: &Channel, route: &Route) -> anyhow::Result<()> {
+    let route_name = &route.name;
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
@@ -54,8 +52,8 @@ pub async fn declare_topology(channel: &Channel, route_name: &str, route: &Route
         let mut retry_arguments = arguments.clone();
         let ttl = i32::try_from(delay.as_millis()).unwrap_or(i32::MAX);
         retry_arguments.insert("x-message-ttl".into(), AMQPValue::LongInt(ttl));
-        retry_arguments.insert("x-dead-letter-exchange".into(), text(""));
-        retry_arguments.insert("x-dead-letter-routing-key".into(), text(route.queue.as_str()));
+        retry_arguments.insert("x-dead-letter-exchange".into(), headers::text(""));
+        retry_arguments.insert("x-dead-letter-routing-key".into(), headers::text(route.queue.as_str()));
         channel
             .queue_declare(retry_queue.as_str().into(), durable, retry_arguments)
             .await
@@ -165,44 +163,4 @@ impl Publisher {
         *slot = Some(channel.clone());
         Ok(channel)
     }
-}
-
-/// Message headers as text, the way a transform sees them. Values that
-/// are not text or numbers (tables, arrays, bytes) are left out.
-pub fn headers_as_text(headers: Option<&FieldTable>) -> Vec<(String, String)> {
-    let Some(headers) = headers else {
-        return Vec::new();
-    };
-    headers
-        .inner()
-        .iter()
-        .filter_map(|(name, value)| Some((name.to_string(), value_as_text(value)?)))
-        .collect()
-}
-
-fn value_as_text(value: &AMQPValue) -> Option<String> {
-    Some(match value {
-        AMQPValue::LongString(text) => String::from_utf8_lossy(text.as_bytes()).into_owned(),
-        AMQPValue::ShortString(text) => text.to_string(),
-        AMQPValue::Boolean(flag) => flag.to_string(),
-        AMQPValue::ShortShortInt(n) => n.to_string(),
-        AMQPValue::ShortShortUInt(n) => n.to_string(),
-        AMQPValue::ShortInt(n) => n.to_string(),
-        AMQPValue::ShortUInt(n) => n.to_string(),
-        AMQPValue::LongInt(n) => n.to_string(),
-        AMQPValue::LongUInt(n) => n.to_string(),
-        AMQPValue::LongLongInt(n) => n.to_string(),
-        AMQPValue::Timestamp(n) => n.to_string(),
-        _ => return None,
-    })
-}
-
-/// Reads an integer header whatever integer type the publisher chose.
-pub fn header_number(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
-    let value = headers?.inner().get(&ShortString::from(name))?;
-    value_as_text(value)?.parse().ok()
-}
-
-pub fn text(value: impl Into<String>) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value.into()))
 }

@@ -33,6 +33,24 @@ pub struct Config {
     pub amqp: Amqp,
     pub endpoints: BTreeMap<String, Endpoint>,
     pub routes: BTreeMap<String, Route>,
+    /// The admin HTTP server; off unless configured.
+    pub admin: Option<Admin>,
+}
+
+/// The admin HTTP server: health, metrics, transforms, dead letters, the ops page.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Loopback by default: expose it further on purpose only.
+    #[serde(default = "defaults::admin_listen")]
+    pub listen: std::net::SocketAddr,
+    /// The environment variable holding the bearer token.
+    pub token_env: String,
+    #[serde(skip)]
+    pub token: Secret,
+    /// Larger request bodies (uploads) are refused with 413.
+    #[serde(default = "defaults::admin_max_body")]
+    pub max_body: bytesize::ByteSize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +173,9 @@ pub enum Location {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
+    /// The route's key in the file.
+    #[serde(skip)]
+    pub name: String,
     pub queue: String,
     #[serde(default)]
     pub queue_type: QueueType,
@@ -284,6 +305,13 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Whether loading reads the endpoints' secrets from the environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    Read,
+    Skip,
+}
+
 /// The file's shape before validation.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -292,12 +320,32 @@ struct RawConfig {
     #[serde(default)]
     endpoints: BTreeMap<String, Endpoint>,
     routes: BTreeMap<String, Route>,
+    #[serde(default)]
+    admin: Option<Admin>,
 }
 
 impl Config {
+    /// The route named `name`, or an error listing the routes there are.
+    pub fn route(&self, name: &str) -> anyhow::Result<&Route> {
+        self.routes.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.routes.keys().map(String::as_str).collect();
+            anyhow::anyhow!("no route {name:?} (routes: {})", known.join(", "))
+        })
+    }
+
     /// Reads, interpolates and validates a configuration file. Relative
     /// component paths are resolved against the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, Secrets::Read)
+    }
+
+    /// For commands that only talk to the broker: the endpoints' secrets
+    /// are neither needed nor read (they stay empty).
+    pub fn load_for_broker(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, Secrets::Skip)
+    }
+
+    fn load_with(path: &Path, secrets: Secrets) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),
@@ -305,11 +353,15 @@ impl Config {
             problem: format!("cannot read: {e}"),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, &file, base)
+        Self::parse_with(&text, &file, base, secrets)
     }
 
     /// Parses configuration text; `file` names it in errors.
     pub fn parse(text: &str, file: &str, base: &Path) -> Result<Self, ConfigError> {
+        Self::parse_with(text, file, base, Secrets::Read)
+    }
+
+    fn parse_with(text: &str, file: &str, base: &Path, secrets: Secrets) -> Result<Self, ConfigError> {
         let mut substituted = env::Substitutions::default();
         // Values from the environment may be secrets: errors show the
         // `${NAME}` they came from instead.
@@ -330,8 +382,12 @@ impl Config {
             amqp: raw.amqp,
             endpoints: raw.endpoints,
             routes: raw.routes,
+            admin: raw.admin,
         };
-        validate::check(&mut config, base).map_err(|(key, problem)| error(&substituted, key, problem))?;
+        for (name, route) in &mut config.routes {
+            route.name.clone_from(name);
+        }
+        validate::check(&mut config, base, secrets).map_err(|(key, problem)| error(&substituted, key, problem))?;
         Ok(config)
     }
 }
@@ -371,6 +427,12 @@ mod defaults {
     }
     pub fn max_cool_down() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn admin_listen() -> std::net::SocketAddr {
+        ([127, 0, 0, 1], 9090).into()
+    }
+    pub fn admin_max_body() -> bytesize::ByteSize {
+        bytesize::ByteSize::mib(16)
     }
 }
 

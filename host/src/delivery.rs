@@ -8,12 +8,14 @@ mod breaker;
 mod request;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use crate::config::Endpoint;
+use crate::stats::{BreakerState, Stats};
 use crate::version::Version;
 use auth::Authenticator;
 use breaker::{Breaker, Outcome};
@@ -23,6 +25,8 @@ pub use request::{Request, UNRESERVED, build_request};
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 /// Header carrying the version of the transform that produced the call.
 pub const VERSION_HEADER: &str = "X-Passerelle-Transform-Version";
+/// W3C trace context: the call's span, in the message's trace.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// Why a call did not succeed, and whether trying again may help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,12 +63,14 @@ impl DeliveryError {
 pub struct CallContext<'a> {
     pub idempotency_key: String,
     pub version: &'a Version,
+    pub traceparent: String,
 }
 
 /// The declared endpoints and one pooled HTTP client for all of them.
 pub struct Http {
     client: reqwest::Client,
     endpoints: BTreeMap<String, EndpointClient>,
+    stats: Arc<Stats>,
 }
 
 struct EndpointClient {
@@ -74,7 +80,7 @@ struct EndpointClient {
 }
 
 impl Http {
-    pub fn new(endpoints: &BTreeMap<String, Endpoint>) -> anyhow::Result<Self> {
+    pub fn new(endpoints: &BTreeMap<String, Endpoint>, stats: Arc<Stats>) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .user_agent(concat!("passerelle/", env!("CARGO_PKG_VERSION")))
             .build()?;
@@ -89,7 +95,19 @@ impl Http {
                 (name.clone(), client)
             })
             .collect();
-        Ok(Self { client, endpoints })
+        Ok(Self {
+            client,
+            endpoints,
+            stats,
+        })
+    }
+
+    /// Each endpoint's breaker state, for metrics and the ops page.
+    pub fn breaker_states(&self) -> Vec<(String, BreakerState)> {
+        self.endpoints
+            .iter()
+            .map(|(name, endpoint)| (name.clone(), endpoint.breaker.state()))
+            .collect()
     }
 
     /// Performs one call; returns the HTTP status on success. Waits while
@@ -115,7 +133,13 @@ impl Http {
             .map_err(|problem| DeliveryError::permanent(format!("call to {name}: {problem}")))?;
 
         let permit = target.breaker.acquire().await;
+        let started = Instant::now();
         let result = self.exchange(target, &request, context, &name).await;
+        let status = match &result {
+            Ok(status) => Some(*status),
+            Err(error) => error.status,
+        };
+        self.stats.http_called(endpoint, operation, status, started.elapsed());
         permit.settle(match &result {
             Err(error) if error.temporary => Outcome::Unavailable {
                 retry_after: error.retry_after,
@@ -164,7 +188,8 @@ impl Http {
             .request(request.method.clone(), request.url.clone())
             .timeout(target.config.timeout)
             .header(IDEMPOTENCY_KEY, &context.idempotency_key)
-            .header(VERSION_HEADER, context.version.as_str());
+            .header(VERSION_HEADER, context.version.as_str())
+            .header(TRACEPARENT_HEADER, &context.traceparent);
         for (header, value) in &request.headers {
             builder = builder.header(header, value);
         }

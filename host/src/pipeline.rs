@@ -1,25 +1,68 @@
-//! One route's message path: run the transform, perform its actions, and
-//! decide the message's fate (ack, or dead-letter with the reason). A
-//! message is acked only after every action succeeded or after it was
-//! safely dead-lettered (publisher confirm received).
+//! One route's message path, transport-neutral: run the transform,
+//! perform its actions, retry temporary failures in process, and say what
+//! should become of the message (`Outcome`): delivered, retry later
+//! through a delayed-retry queue, or dead letter, with the reason. The
+//! AMQP side of that decision (ack, copies, confirms) is
+//! `amqp::consumer`'s.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use lapin::BasicProperties;
-use lapin::message::Delivery;
-use lapin::types::FieldTable;
 use rand::Rng as _;
 
-use crate::amqp::{self, ATTEMPT_HEADER, Publisher, VERSION_HEADER};
-use crate::config::Route;
+use crate::amqp::{Publisher, headers};
 use crate::delivery::{CallContext, DeliveryError, Http};
-use crate::runtime::{Action, Message, RouteContext, Runtime, Transform, TransformFailure, TransformSlot};
+use crate::routes::RouteHandle;
+use crate::runtime::{Action, Message, Runtime, Transform, TransformFailure};
+use crate::stats::{RetryKind, Stats};
+use crate::trace::TraceContext;
 use crate::version::Version;
+
+/// What kind of failure it was: the label of the dead-letter metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    TransformReject,
+    TransformRetry,
+    TransformTrap,
+    /// A call the route may not make, or whose arguments do not fit the operation.
+    InvalidCall,
+    HttpPermanent,
+    HttpTemporary,
+    /// No answer: unreachable, timed out.
+    Network,
+    Publish,
+}
+
+impl FailureClass {
+    pub const ALL: [Self; 8] = [
+        Self::TransformReject,
+        Self::TransformRetry,
+        Self::TransformTrap,
+        Self::InvalidCall,
+        Self::HttpPermanent,
+        Self::HttpTemporary,
+        Self::Network,
+        Self::Publish,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::TransformReject => "transform_reject",
+            Self::TransformRetry => "transform_retry",
+            Self::TransformTrap => "transform_trap",
+            Self::InvalidCall => "invalid_call",
+            Self::HttpPermanent => "http_permanent",
+            Self::HttpTemporary => "http_temporary",
+            Self::Network => "network",
+            Self::Publish => "publish",
+        }
+    }
+}
 
 /// Why a message did not go through, with what its dead letter records.
 #[derive(Debug, Clone)]
 pub struct Failure {
+    pub class: FailureClass,
     pub temporary: bool,
     pub reason: String,
     pub status: Option<u16>,
@@ -28,8 +71,9 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn permanent(reason: String, version: &Version) -> Self {
+    fn permanent(class: FailureClass, reason: String, version: &Version) -> Self {
         Self {
+            class,
             temporary: false,
             reason,
             status: None,
@@ -39,14 +83,26 @@ impl Failure {
     }
 
     fn from_transform(failure: TransformFailure, version: &Version) -> Self {
+        let class = match failure {
+            TransformFailure::Reject(_) => FailureClass::TransformReject,
+            TransformFailure::Retry(_) => FailureClass::TransformRetry,
+            TransformFailure::Trap(_) => FailureClass::TransformTrap,
+        };
         Self {
             temporary: failure.is_temporary(),
-            ..Self::permanent(failure.to_string(), version)
+            ..Self::permanent(class, failure.to_string(), version)
         }
     }
 
     fn from_delivery(error: DeliveryError, version: &Version) -> Self {
+        let class = match (error.status, error.temporary) {
+            (Some(_), true) => FailureClass::HttpTemporary,
+            (Some(_), false) => FailureClass::HttpPermanent,
+            (None, true) => FailureClass::Network,
+            (None, false) => FailureClass::InvalidCall,
+        };
         Self {
+            class,
             temporary: error.temporary,
             reason: error.reason,
             status: error.status,
@@ -56,113 +112,106 @@ impl Failure {
     }
 }
 
+/// What should become of a message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every action succeeded: ack it.
+    Delivered { version: Version },
+    /// A temporary failure with a ladder step left: park it in `queue`.
+    RetryLater { failure: Failure, queue: String },
+    /// A permanent failure, or the ladder is used up.
+    DeadLetter(Failure),
+}
+
 /// What the route's workers share.
 pub struct Pipeline {
-    pub name: String,
-    pub route: Route,
-    pub transform: Arc<TransformSlot>,
-    context: RouteContext,
+    pub route: Arc<RouteHandle>,
     runtime: Runtime,
     http: Arc<Http>,
+    stats: Arc<Stats>,
 }
 
 impl Pipeline {
-    pub fn new(name: &str, route: &Route, transform: Arc<TransformSlot>, runtime: Runtime, http: Arc<Http>) -> Self {
-        let context = Self::context_for(name, route);
+    pub fn new(route: Arc<RouteHandle>, runtime: Runtime, http: Arc<Http>, stats: Arc<Stats>) -> Self {
         Self {
-            name: name.to_string(),
-            route: route.clone(),
-            transform,
-            context,
+            route,
             runtime,
             http,
+            stats,
         }
     }
 
-    /// What a route's transform runs with.
-    pub fn context_for(name: &str, route: &Route) -> RouteContext {
-        RouteContext {
-            route: name.to_string(),
-            config: Arc::new(route.config.clone()),
-            limits: route.limits.guest(),
-        }
+    pub fn name(&self) -> &str {
+        &self.route.name
     }
 
-    /// What the route's transform runs with.
-    pub fn context(&self) -> &RouteContext {
-        &self.context
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Waits until every endpoint this route calls may take requests, so
     /// that the route takes no message it could not deliver.
     pub async fn wait_until_endpoints_usable(&self) {
-        self.http.wait_until_usable(&self.route.endpoints).await;
-    }
-
-    /// Handles one delivery to the end: acked once delivered, or once
-    /// moved (confirmed) to a delayed-retry queue or the dead-letter queue;
-    /// left to the broker to redeliver when even that move failed.
-    pub async fn handle(&self, delivery: Delivery, publisher: &Publisher) {
-        let message = message_of(&delivery);
-        let outcome = self.process(&message, publisher).await;
-        let settled = match &outcome {
-            Ok(version) => {
-                tracing::debug!(route = %self.name, %version, message_id = ?message.message_id, "delivered");
-                Ok(())
-            }
-            Err(failure) => match self.delayed_retry_queue(&message, failure) {
-                Some(queue) => self.retry_later(&delivery, &message, failure, &queue, publisher).await,
-                None => self.dead_letter(&delivery, &message, failure, publisher).await,
-            },
-        };
-        let result = match settled {
-            Ok(()) => delivery.ack(Default::default()).await,
-            Err(error) => {
-                tracing::error!(route = %self.name, "could not move a failed message, the broker will redeliver it: {error:#}");
-                let requeue = lapin::options::BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                };
-                delivery.nack(requeue).await
-            }
-        };
-        if let Err(error) = result {
-            // The channel is gone: the broker redelivers the message.
-            tracing::warn!(route = %self.name, "could not settle a message: {error}");
-        }
+        self.http.wait_until_usable(&self.route.route.endpoints).await;
     }
 
     /// Tries the whole message (transform and actions), retrying temporary
-    /// failures in process with exponential backoff and full jitter.
-    pub async fn process(&self, message: &Message, publisher: &Publisher) -> Result<Version, Failure> {
+    /// failures in process with exponential backoff and full jitter, and
+    /// says what should become of it. `trace` is the message's span.
+    pub async fn process(&self, message: &Message, trace: &TraceContext, publisher: &Publisher) -> Outcome {
+        self.stats.received(self.name());
+        let retry = &self.route.route.retry;
         let mut retries = 0;
         loop {
-            let transform = self.transform.current();
-            match self.try_once(&transform, message, publisher).await {
-                Ok(()) => return Ok(transform.version.clone()),
-                Err(failure) if failure.temporary && retries < self.route.retry.immediate => {
-                    let wait = backoff(self.route.retry.backoff, retries, failure.retry_after);
-                    tracing::info!(
-                        route = %self.name, version = %failure.version,
-                        "temporary failure, retrying in {wait:?}: {}", failure.reason
-                    );
-                    tokio::time::sleep(wait).await;
-                    retries += 1;
+            let transform = self.route.slot.current();
+            tracing::Span::current().record("version", transform.version.as_str());
+            let failure = match self.try_once(&transform, message, trace, publisher).await {
+                Ok(()) => {
+                    self.stats.delivered(self.name());
+                    tracing::debug!("delivered");
+                    return Outcome::Delivered {
+                        version: transform.version.clone(),
+                    };
                 }
-                Err(failure) => return Err(failure),
+                Err(failure) => failure,
+            };
+            if !(failure.temporary && retries < retry.immediate) {
+                return self.settle_failure(message, failure);
             }
+            let wait = backoff(retry.backoff, retries, failure.retry_after);
+            tracing::info!("temporary failure, retrying in {wait:?}: {}", failure.reason);
+            self.stats.retried(self.name(), RetryKind::InProcess);
+            tokio::time::sleep(wait).await;
+            retries += 1;
         }
     }
 
-    async fn try_once(&self, transform: &Transform, message: &Message, publisher: &Publisher) -> Result<(), Failure> {
+    /// The next step of the ladder for a temporary failure, if any is
+    /// left (attempt 1 failing goes to the first delay), else the dead letter.
+    fn settle_failure(&self, message: &Message, failure: Failure) -> Outcome {
+        let step = (message.attempt as usize).saturating_sub(1);
+        let next_queue = self.route.route.retry_queues().into_iter().nth(step);
+        match next_queue {
+            Some((_, queue)) if failure.temporary => Outcome::RetryLater { failure, queue },
+            _ => Outcome::DeadLetter(failure),
+        }
+    }
+
+    async fn try_once(
+        &self,
+        transform: &Transform,
+        message: &Message,
+        trace: &TraceContext,
+        publisher: &Publisher,
+    ) -> Result<(), Failure> {
         let version = &transform.version;
-        let actions = self
-            .runtime
-            .run(transform, &self.context, message)
-            .await
-            .map_err(|failure| Failure::from_transform(failure, version))?;
+        let started = Instant::now();
+        let ran = self.runtime.run(transform, &self.route.context, message).await;
+        self.stats
+            .transform_ran(self.name(), version.as_str(), started.elapsed());
+        let actions = ran.map_err(|failure| Failure::from_transform(failure, version))?;
         for (index, action) in actions.iter().enumerate() {
-            self.perform(action, index, message, version, publisher).await?;
+            self.perform(action, index, message, version, trace, publisher).await?;
         }
         Ok(())
     }
@@ -173,6 +222,7 @@ impl Pipeline {
         index: usize,
         message: &Message,
         version: &Version,
+        trace: &TraceContext,
         publisher: &Publisher,
     ) -> Result<(), Failure> {
         match action {
@@ -181,16 +231,17 @@ impl Pipeline {
                 operation,
                 args,
             } => {
-                if !self.route.endpoints.contains(endpoint) {
+                if !self.route.route.endpoints.contains(endpoint) {
                     let reason = format!(
                         "call to {endpoint}.{operation}: endpoint {endpoint:?} is not among route {}'s endpoints",
-                        self.name
+                        self.name()
                     );
-                    return Err(Failure::permanent(reason, version));
+                    return Err(Failure::permanent(FailureClass::InvalidCall, reason, version));
                 }
                 let context = CallContext {
-                    idempotency_key: idempotency_key(&self.name, message, index),
+                    idempotency_key: idempotency_key(self.name(), message, index),
                     version,
+                    traceparent: trace.child().to_string(),
                 };
                 self.http
                     .call(endpoint, operation, args, &context)
@@ -202,106 +253,21 @@ impl Pipeline {
                 exchange,
                 routing_key,
                 body,
-                headers,
+                headers: guest_headers,
             } => {
-                let mut table = FieldTable::default();
-                for (name, value) in headers {
-                    table.insert(name.as_str().into(), amqp::text(value.as_str()));
-                }
-                table.insert(VERSION_HEADER.into(), amqp::text(version.as_str()));
-                let properties = BasicProperties::default().with_headers(table);
+                let mut table = headers::table_of(guest_headers);
+                headers::set_version(&mut table, version.as_str());
+                headers::set_traceparent(&mut table, &trace.child().to_string());
+                let properties = lapin::BasicProperties::default().with_headers(table);
                 publisher
                     .publish(exchange, routing_key, body, properties)
                     .await
                     .map_err(|error| Failure {
                         temporary: true,
-                        ..Failure::permanent(format!("publish action: {error:#}"), version)
+                        ..Failure::permanent(FailureClass::Publish, format!("publish action: {error:#}"), version)
                     })
             }
         }
-    }
-
-    /// The next step of the ladder for a temporary failure, if any is left:
-    /// attempt 1 failing goes to the first delay, and so on.
-    fn delayed_retry_queue(&self, message: &Message, failure: &Failure) -> Option<String> {
-        if !failure.temporary {
-            return None;
-        }
-        let step = usize::try_from(message.attempt).ok()? - 1;
-        self.route.retry_queues().into_iter().nth(step).map(|(_, queue)| queue)
-    }
-
-    /// Parks the message in a delayed-retry queue; the broker puts it back
-    /// into the work queue when the delay is over, one attempt later.
-    async fn retry_later(
-        &self,
-        delivery: &Delivery,
-        message: &Message,
-        failure: &Failure,
-        queue: &str,
-        publisher: &Publisher,
-    ) -> anyhow::Result<()> {
-        tracing::info!(
-            route = %self.name, version = %failure.version, message_id = ?message.message_id,
-            attempt = message.attempt, "retrying later through {queue}: {}", failure.reason
-        );
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(ATTEMPT_HEADER.into(), amqp::text((message.attempt + 1).to_string()));
-        headers.insert("x-passerelle-last-reason".into(), amqp::text(failure.reason.as_str()));
-        let properties = delivery.properties.clone().with_headers(headers);
-        publisher.publish("", queue, &delivery.data, properties).await
-    }
-
-    /// Copies the message to the route's dead-letter queue with headers
-    /// saying why, and waits for the broker's confirm.
-    async fn dead_letter(
-        &self,
-        delivery: &Delivery,
-        message: &Message,
-        failure: &Failure,
-        publisher: &Publisher,
-    ) -> anyhow::Result<()> {
-        tracing::warn!(
-            route = %self.name, version = %failure.version, message_id = ?message.message_id,
-            "dead-lettered: {}", failure.reason
-        );
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        let mut set = |name: &str, value: String| {
-            headers.insert(name.into(), amqp::text(value));
-        };
-        set("x-passerelle-reason", failure.reason.clone());
-        set("x-passerelle-route", self.name.clone());
-        set(VERSION_HEADER, failure.version.to_string());
-        set(ATTEMPT_HEADER, message.attempt.to_string());
-        set("x-passerelle-original-exchange", delivery.exchange.to_string());
-        set("x-passerelle-original-routing-key", delivery.routing_key.to_string());
-        set("x-passerelle-dead-lettered-at", unix_seconds().to_string());
-        if let Some(status) = failure.status {
-            set("x-passerelle-http-status", status.to_string());
-        }
-        let properties = delivery.properties.clone().with_headers(headers);
-        publisher
-            .publish("", &self.route.dead_letter_queue(), &delivery.data, properties)
-            .await
-    }
-}
-
-/// The message as the transform sees it. A redelivery (the broker lost
-/// track of an earlier try, say after a crash) counts as an attempt.
-pub fn message_of(delivery: &Delivery) -> Message {
-    let headers = delivery.properties.headers().as_ref();
-    let counted = amqp::header_number(headers, ATTEMPT_HEADER)
-        .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(1)
-        .max(1);
-    let attempt = counted + u32::from(delivery.redelivered);
-    Message {
-        body: delivery.data.clone(),
-        content_type: delivery.properties.content_type().as_ref().map(|c| c.to_string()),
-        routing_key: delivery.routing_key.to_string(),
-        headers: amqp::headers_as_text(headers),
-        message_id: delivery.properties.message_id().as_ref().map(|m| m.to_string()),
-        attempt,
     }
 }
 
@@ -322,12 +288,6 @@ fn backoff(base: Duration, retries: u32, retry_after: Option<Duration>) -> Durat
     let ceiling = base.saturating_mul(2u32.saturating_pow(retries));
     let jittered = ceiling.mul_f64(rand::rng().random_range(0.0..=1.0));
     jittered.max(retry_after.unwrap_or_default())
-}
-
-fn unix_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -361,5 +321,13 @@ mod tests {
         };
         assert_eq!(idempotency_key("r", &anonymous, 0), idempotency_key("r", &anonymous, 0));
         assert!(idempotency_key("r", &anonymous, 0).starts_with("r:sha256-"));
+    }
+
+    #[test]
+    fn every_failure_class_has_its_own_label() {
+        let mut labels: Vec<_> = FailureClass::ALL.iter().map(|c| c.label()).collect();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), FailureClass::ALL.len());
     }
 }

@@ -1,71 +1,144 @@
 //! Hot reload: a route's transform is replaced while the host runs, from a
-//! changed file (`watch`) or a fleet-wide deploy through the broker
-//! (`fleet`). Either way the candidate is compiled off the message path,
-//! checked against the world and against its fixtures, then swapped in
-//! atomically: messages in flight finish on the old version. A candidate
-//! that fails any check is refused and the old version keeps serving.
+//! changed file (`watch`), a fleet-wide deploy through the broker
+//! (`fleet`) or an upload to the admin API. Either way the candidate is
+//! compiled off the message path, checked against the world and against
+//! its fixtures, then swapped in atomically: messages in flight finish on
+//! the old version. A candidate that fails any check is refused and the
+//! old version keeps serving.
 
 mod fixtures;
 pub mod fleet;
 mod watch;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use fixtures::{Expected, Fixture, check_fixtures, fixtures_beside, fixtures_path, parse_fixtures};
 pub use watch::watch_components;
 
-use crate::pipeline::Pipeline;
-use crate::runtime::{RouteContext, Runtime, Transform};
+use crate::routes::{RouteHandle, Source};
+use crate::runtime::{LoadError, RouteContext, Runtime, Transform, write_atomically};
+use crate::stats::Stats;
+use crate::version::Version;
+
+/// Why a candidate was refused. The kinds matter to callers: a script
+/// tells a bad component (exit 13) from a failing fixture (exit 14).
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Not a component, does not compile, or does not fit the world.
+    #[error("{0}")]
+    Component(#[from] LoadError),
+    /// The fixtures could not be read, or one of them failed.
+    #[error("{0}")]
+    Fixtures(String),
+}
 
 /// Compiles `bytes` (on a blocking thread), checks them against the world,
-/// then runs `fixtures` (JSON text) if any. The error says what failed.
+/// then runs `fixtures` (JSON text) if any.
 pub async fn validate(
     runtime: &Runtime,
     bytes: Vec<u8>,
     route: &RouteContext,
     fixtures: Option<&str>,
-) -> Result<Transform, String> {
+) -> Result<Transform, Refusal> {
     let compiler = runtime.clone();
     let transform = tokio::task::spawn_blocking(move || compiler.load(&bytes))
         .await
-        .map_err(|e| format!("compilation did not finish: {e}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| LoadError::Compile(format!("compilation did not finish: {e}")))??;
     if let Some(text) = fixtures {
-        let fixtures = parse_fixtures(text, "file")?;
-        check_fixtures(runtime, &transform, route, &fixtures).await?;
+        let fixtures = parse_fixtures(text, "file").map_err(Refusal::Fixtures)?;
+        check_fixtures(runtime, &transform, route, &fixtures)
+            .await
+            .map_err(Refusal::Fixtures)?;
     }
     Ok(transform)
 }
 
-/// Validates a candidate for `pipeline` and swaps it in, or logs why not.
-/// Returns whether the route now runs the candidate.
-pub async fn try_swap(
-    runtime: &Runtime,
-    pipeline: &Arc<Pipeline>,
-    bytes: Vec<u8>,
-    fixtures: Option<&str>,
-    origin: &str,
-) -> bool {
-    let current = pipeline.transform.current().version.clone();
-    let candidate = crate::version::Version::of(&bytes);
-    if candidate == current {
-        return true;
+/// Where a candidate comes from, for the logs and the admin API.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    File(PathBuf),
+    Deploy(Version),
+    /// The latest deploy, taken at start or after a reconnect.
+    LatestDeploy(Version),
+    Upload,
+}
+
+impl Origin {
+    fn source(&self) -> Source {
+        match self {
+            Self::File(_) => Source::File,
+            Self::Deploy(_) | Self::LatestDeploy(_) => Source::Deploy,
+            Self::Upload => Source::Upload,
+        }
     }
-    match validate(runtime, bytes, pipeline.context(), fixtures).await {
-        Ok(transform) => {
-            let old = pipeline.transform.swap(transform);
-            tracing::info!(
-                route = %pipeline.name, old = %old.version, new = %candidate,
-                "swapped transform {} -> {candidate} ({origin})", old.version
-            );
-            true
+
+    fn describe(&self) -> String {
+        match self {
+            Self::File(path) => format!("file {}", path.display()),
+            Self::Deploy(version) => format!("deploy of {version}"),
+            Self::LatestDeploy(version) => format!("latest deploy of {version}"),
+            Self::Upload => "upload".into(),
         }
-        Err(reason) => {
-            tracing::warn!(
-                route = %pipeline.name, current = %current, refused = %candidate,
-                "refused transform {candidate} ({origin}); {current} keeps serving: {reason}"
-            );
-            false
+    }
+}
+
+/// Validates candidates and swaps them in, counting both outcomes.
+#[derive(Clone)]
+pub struct Reloader {
+    pub runtime: Runtime,
+    pub stats: Arc<Stats>,
+}
+
+impl Reloader {
+    /// Validates a candidate for `route` and swaps it in, or logs why not.
+    /// Returns the version the route now runs.
+    pub async fn try_swap(
+        &self,
+        route: &RouteHandle,
+        bytes: Vec<u8>,
+        fixtures: Option<&str>,
+        origin: Origin,
+    ) -> Result<Version, Refusal> {
+        let current = route.slot.current().version.clone();
+        let candidate = Version::of(&bytes);
+        if candidate == current {
+            return Ok(current);
         }
+        let origin_text = origin.describe();
+        match validate(&self.runtime, bytes, &route.context, fixtures).await {
+            Ok(transform) => {
+                let old = route.install(transform, origin.source());
+                self.stats.reloaded(&route.name, true);
+                tracing::info!(
+                    route = %route.name, old = %old.version, new = %candidate,
+                    "swapped transform {} -> {candidate} ({origin_text})", old.version
+                );
+                Ok(candidate)
+            }
+            Err(refusal) => {
+                self.stats.reloaded(&route.name, false);
+                tracing::warn!(
+                    route = %route.name, current = %current, refused = %candidate,
+                    "refused transform {candidate} ({origin_text}); {current} keeps serving: {refusal}"
+                );
+                Err(refusal)
+            }
+        }
+    }
+}
+
+/// Stores a component and its fixtures where the route reads them, so a
+/// restart and the file watcher agree with what was swapped in. Stale
+/// fixtures must not stay beside a component that came without any.
+pub fn store(route: &RouteHandle, component: &[u8], fixtures: Option<&str>) -> anyhow::Result<()> {
+    let path = &route.path;
+    write_atomically(path, component, 0o644)?;
+    match fixtures {
+        Some(fixtures) => write_atomically(&fixtures_path(path), fixtures.as_bytes(), 0o644),
+        None => match std::fs::remove_file(fixtures_path(path)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        },
     }
 }

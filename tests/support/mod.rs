@@ -47,11 +47,14 @@ pub fn passerelle() -> Command {
 /// Runs an operator command against a test's configuration, with the
 /// secrets that configuration names.
 pub fn operator_command(args: &[&str], config: &Path) -> std::process::Output {
+    // Without the endpoints' secrets: operator commands talk to the broker
+    // only, and must not need them.
     passerelle()
         .args(args)
         .arg("--config")
         .arg(config)
-        .envs(TEST_SECRETS.iter().copied())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .output()
         .unwrap()
 }
@@ -132,7 +135,24 @@ impl Broker {
     }
 
     pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8], message_id: Option<&str>) {
+        self.publish_with_headers(exchange, routing_key, body, message_id, &[])
+            .await;
+    }
+
+    pub async fn publish_with_headers(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        message_id: Option<&str>,
+        headers: &[(&str, &str)],
+    ) {
+        let mut table = lapin::types::FieldTable::default();
+        for (name, value) in headers {
+            table.insert((*name).into(), lapin::types::AMQPValue::LongString((*value).into()));
+        }
         let mut properties = BasicProperties::default()
+            .with_headers(table)
             .with_content_type("application/json".into())
             .with_delivery_mode(2);
         if let Some(id) = message_id {
@@ -498,6 +518,18 @@ impl Host {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The admin server's base URL (`http://127.0.0.1:PORT`), from the log
+    /// line that announces it; waits for it.
+    pub async fn admin_url(&self) -> String {
+        eventually("the admin server to listen", Duration::from_secs(30), async || {
+            let log = self.log();
+            let start = log.find("admin server on http://")? + "admin server on ".len();
+            let url = log[start..].split_whitespace().next()?;
+            Some(url.trim_end_matches('/').to_string())
+        })
+        .await
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -530,6 +562,11 @@ impl Drop for Host {
         self.kill();
         if std::thread::panicking() {
             eprintln!("--- passerelle log ---\n{}", self.log());
+        }
+        // scripts/test collects every host's log and greps it for secrets.
+        if let Some(dir) = std::env::var_os("PASSERELLE_TEST_LOGS") {
+            let name = self.log.file_name().unwrap_or_default();
+            let _ = std::fs::copy(&self.log, Path::new(&dir).join(name));
         }
     }
 }
@@ -618,7 +655,14 @@ pub const TEST_SECRETS: &[(&str, &str)] = &[
     ("TEST_SHOP_TOKEN", "shop-secret-token"),
     ("TEST_CRM_CLIENT_ID", "crm-client"),
     ("TEST_CRM_CLIENT_SECRET", "crm-client-secret"),
+    ("TEST_ADMIN_TOKEN", ADMIN_TOKEN),
 ];
+
+/// The admin API's bearer token in tests (from `TEST_ADMIN_TOKEN`).
+pub const ADMIN_TOKEN: &str = "admin-secret-token";
+
+/// An admin section on a free port of the loopback (read back from the log).
+pub const ADMIN_SECTION: &str = "admin:\n  listen: 127.0.0.1:0\n  token_env: TEST_ADMIN_TOKEN\n";
 
 pub const CRM_ACCOUNT: &str =
     r#"{"Id": "gg-11", "Name": "Eleven Labs", "Status__c": "CLIENT_ACTIVE", "Country__c": "FR"}"#;
@@ -662,6 +706,14 @@ impl Deployment {
     /// endpoint (YAML lines, indented by four spaces).
     pub fn config(&self, crm_route_extra: &str, shop_endpoint_extra: &str) -> PathBuf {
         self.config_in(&self.config_dir, crm_route_extra, shop_endpoint_extra)
+    }
+
+    /// `config`, with the admin server on (`ADMIN_SECTION`).
+    pub fn config_with_admin(&self, crm_route_extra: &str, shop_endpoint_extra: &str) -> PathBuf {
+        let path = self.config(crm_route_extra, shop_endpoint_extra);
+        let yaml = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{yaml}{ADMIN_SECTION}")).unwrap();
+        path
     }
 
     /// The same in another folder, with copies of the shipped components
@@ -761,4 +813,39 @@ routes:
         })
         .await;
     }
+}
+
+/// Closes, from the broker's side, the connection of the host with this pid.
+pub fn close_connection_of(pid: u32) {
+    let listing = Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let marker = format!("passerelle pid {pid}");
+    let connection = listing
+        .lines()
+        .find(|line| line.contains(&marker))
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no connection named {marker:?} in:\n{listing}"));
+    let status = Command::new("rabbitmqctl")
+        .args(["-q", "close_connection", connection, "closed by the test"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The shipped crm-to-shop component with a custom section of random
+/// bytes: a new version that behaves exactly like the shipped one.
+pub fn new_version() -> Vec<u8> {
+    let mut bytes = std::fs::read(transform("crm-to-shop")).unwrap();
+    let name = b"passerelle-test";
+    let payload = format!("{:032x}", rand::random::<u128>());
+    let size = 1 + name.len() + payload.len();
+    bytes.push(0); // custom section id
+    bytes.push(u8::try_from(size).unwrap()); // LEB128, one byte for < 128
+    bytes.push(u8::try_from(name.len()).unwrap());
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload.as_bytes());
+    bytes
 }

@@ -5,14 +5,14 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::{Auth, Config, Endpoint, Location, Operation, Route, Secret};
+use super::{Auth, Config, Endpoint, Location, Operation, Route, Secret, Secrets};
 
 type Problem = (String, String);
 
-pub fn check(config: &mut Config, base: &Path) -> Result<(), Problem> {
+pub fn check(config: &mut Config, base: &Path, secrets: Secrets) -> Result<(), Problem> {
     check_amqp_url(config.amqp.url.expose())?;
     for (name, endpoint) in &mut config.endpoints {
-        check_endpoint(name, endpoint)?;
+        check_endpoint(name, endpoint, secrets)?;
     }
     if config.routes.is_empty() {
         return Err(("routes".into(), "no routes: nothing to consume".into()));
@@ -20,7 +20,20 @@ pub fn check(config: &mut Config, base: &Path) -> Result<(), Problem> {
     for (name, route) in &mut config.routes {
         check_route(name, route, &config.endpoints, base)?;
     }
+    if let (Some(admin), Secrets::Read) = (&mut config.admin, secrets) {
+        admin.token = secret_from_env("admin.token_env", &admin.token_env)?;
+        if admin.token.expose().is_empty() {
+            let problem = format!("environment variable {} is empty", admin.token_env);
+            return Err(("admin.token_env".into(), problem));
+        }
+    }
     Ok(())
+}
+
+fn secret_from_env(key: &str, variable: &str) -> Result<Secret, Problem> {
+    std::env::var(variable)
+        .map(Secret::new)
+        .map_err(|_| (key.to_string(), format!("environment variable {variable} is not set")))
 }
 
 fn check_amqp_url(url: &str) -> Result<(), Problem> {
@@ -47,7 +60,7 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn check_endpoint(name: &str, endpoint: &mut Endpoint) -> Result<(), Problem> {
+fn check_endpoint(name: &str, endpoint: &mut Endpoint, secrets: Secrets) -> Result<(), Problem> {
     let key = format!("endpoints.{name}");
     let parsed = reqwest::Url::parse(&endpoint.base_url).map_err(|e| {
         (
@@ -69,7 +82,7 @@ fn check_endpoint(name: &str, endpoint: &mut Endpoint) -> Result<(), Problem> {
     if endpoint.timeout.is_zero() {
         return Err((format!("{key}.timeout"), "must be more than 0".into()));
     }
-    if let Some(auth) = &mut endpoint.auth {
+    if let (Some(auth), Secrets::Read) = (&mut endpoint.auth, secrets) {
         read_auth_secrets(&format!("{key}.auth"), auth)?;
     }
     if endpoint.breaker.failures == 0 {
@@ -91,14 +104,7 @@ fn check_endpoint(name: &str, endpoint: &mut Endpoint) -> Result<(), Problem> {
 }
 
 fn read_auth_secrets(key: &str, auth: &mut Auth) -> Result<(), Problem> {
-    let from_env = |field: &str, variable: &str| {
-        std::env::var(variable).map(Secret::new).map_err(|_| {
-            (
-                format!("{key}.{field}"),
-                format!("environment variable {variable} is not set"),
-            )
-        })
-    };
+    let from_env = |field: &str, variable: &str| secret_from_env(&format!("{key}.{field}"), variable);
     match auth {
         Auth::Bearer { token_env, token } => {
             *token = from_env("bearer.token_env", token_env)?;

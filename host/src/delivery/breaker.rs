@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::BreakerSettings;
+use crate::stats::BreakerState;
 
 pub struct Breaker {
     endpoint: String,
@@ -139,6 +140,16 @@ impl Breaker {
                 }
                 Phase::Probing => notified.await,
             }
+        }
+    }
+
+    /// The state as ops see it. An open breaker whose cool-down is over
+    /// still counts as open until a probe goes.
+    pub fn state(&self) -> BreakerState {
+        match self.lock().phase {
+            Phase::Closed => BreakerState::Closed,
+            Phase::Probing => BreakerState::Probing,
+            Phase::Open { .. } => BreakerState::Open,
         }
     }
 

@@ -18,16 +18,13 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
-use super::{fixtures_path, try_swap};
-use crate::amqp::{self, Publisher, VERSION_HEADER};
-use crate::pipeline::Pipeline;
-use crate::runtime::{Runtime, write_atomically};
+use super::{Origin, Reloader, store};
+use crate::amqp::{Publisher, headers};
+use crate::routes::RouteHandle;
 use crate::version::Version;
 
 /// Deploys kept per route: enough to roll back, small enough to read at start.
 const HISTORY_LENGTH: i32 = 10;
-const ROUTE_HEADER: &str = "x-passerelle-route";
-const FIXTURES_HEADER: &str = "x-passerelle-fixtures";
 
 /// One deployed component, as the control exchange carries it.
 #[derive(Debug, Clone)]
@@ -115,15 +112,15 @@ async fn send(
     routing_key: &str,
     deployment: &Deployment,
 ) -> anyhow::Result<()> {
-    let mut headers = FieldTable::default();
-    headers.insert(ROUTE_HEADER.into(), amqp::text(deployment.route.as_str()));
-    headers.insert(VERSION_HEADER.into(), amqp::text(deployment.version.as_str()));
+    let mut table = FieldTable::default();
+    headers::set(&mut table, headers::ROUTE, &deployment.route);
+    headers::set_version(&mut table, deployment.version.as_str());
     if let Some(fixtures) = &deployment.fixtures {
-        headers.insert(FIXTURES_HEADER.into(), amqp::text(fixtures.as_str()));
+        headers::set(&mut table, headers::FIXTURES, fixtures);
     }
     let properties = BasicProperties::default()
         .with_content_type("application/wasm".into())
-        .with_headers(headers);
+        .with_headers(table);
     let publisher = Publisher::new(connection.clone());
     let published = publisher
         .publish(exchange, routing_key, &deployment.component, properties)
@@ -157,14 +154,12 @@ pub async fn history(connection: &Connection, control_exchange: &str, route: &st
 }
 
 fn deployment_of(route: &str, properties: &BasicProperties, component: Vec<u8>) -> Deployment {
-    let headers: BTreeMap<String, String> = amqp::headers_as_text(properties.headers().as_ref())
-        .into_iter()
-        .collect();
+    let table = properties.headers().as_ref();
     Deployment {
-        route: headers.get(ROUTE_HEADER).cloned().unwrap_or_else(|| route.to_string()),
+        route: headers::get(table, headers::ROUTE).unwrap_or_else(|| route.to_string()),
         version: Version::of(&component),
         component,
-        fixtures: headers.get(FIXTURES_HEADER).cloned(),
+        fixtures: headers::get(table, headers::FIXTURES),
     }
 }
 
@@ -184,16 +179,16 @@ fn first_sight(seen: &DeploysSeen, deployment: &Deployment) -> bool {
 pub async fn apply_latest(
     connection: &Connection,
     control_exchange: &str,
-    pipelines: &[Arc<Pipeline>],
-    runtime: &Runtime,
+    routes: &[Arc<RouteHandle>],
+    reloader: &Reloader,
     seen: &DeploysSeen,
 ) -> anyhow::Result<()> {
-    for pipeline in pipelines {
-        let history = history(connection, control_exchange, &pipeline.name).await?;
+    for route in routes {
+        let history = history(connection, control_exchange, &route.name).await?;
         if let Some(latest) = history.into_iter().last()
             && first_sight(seen, &latest)
         {
-            install(runtime, pipeline, latest, "latest deploy").await;
+            install(reloader, route, latest, Origin::LatestDeploy).await;
         }
     }
     Ok(())
@@ -204,8 +199,8 @@ pub async fn apply_latest(
 pub async fn listen(
     connection: Arc<Connection>,
     control_exchange: String,
-    pipelines: Vec<Arc<Pipeline>>,
-    runtime: Runtime,
+    routes: Vec<Arc<RouteHandle>>,
+    reloader: Reloader,
     seen: DeploysSeen,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -217,12 +212,12 @@ pub async fn listen(
         ..Default::default()
     };
     let queue = channel.queue_declare("".into(), options, FieldTable::default()).await?;
-    for pipeline in &pipelines {
+    for route in &routes {
         channel
             .queue_bind(
                 queue.name().clone(),
                 control_exchange.as_str().into(),
-                routing_key(&pipeline.name).as_str().into(),
+                routing_key(&route.name).as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -249,43 +244,32 @@ pub async fn listen(
             },
         };
         let route = delivery.routing_key.as_str().trim_start_matches("deploy.").to_string();
-        let Some(pipeline) = pipelines.iter().find(|p| p.name == route) else {
+        let Some(handle) = routes.iter().find(|handle| handle.name == route) else {
             continue;
         };
         let deployment = deployment_of(&route, &delivery.properties, delivery.data);
         first_sight(&seen, &deployment);
-        install(&runtime, pipeline, deployment, "deploy").await;
+        install(&reloader, handle, deployment, Origin::Deploy).await;
     }
 }
 
 /// Validates a deployment, stores it where the route reads its component
 /// (so a restart and the file watcher agree), and swaps it in.
-async fn install(runtime: &Runtime, pipeline: &Arc<Pipeline>, deployment: Deployment, origin: &str) {
-    if deployment.version == pipeline.transform.current().version {
+async fn install(reloader: &Reloader, route: &RouteHandle, deployment: Deployment, origin: fn(Version) -> Origin) {
+    if deployment.version == route.slot.current().version {
         return;
     }
-    let origin = format!("{origin} of {}", deployment.version);
-    let swapped = try_swap(
-        runtime,
-        pipeline,
-        deployment.component.clone(),
-        deployment.fixtures.as_deref(),
-        &origin,
-    )
-    .await;
-    if !swapped {
+    let origin = origin(deployment.version.clone());
+    let fixtures = deployment.fixtures.as_deref();
+    if reloader
+        .try_swap(route, deployment.component.clone(), fixtures, origin)
+        .await
+        .is_err()
+    {
         return;
     }
-    let path = &pipeline.route.transform;
-    // The fixtures travel with the component: stale ones must not stay.
-    let stored = write_atomically(path, &deployment.component, 0o644).and_then(|()| match &deployment.fixtures {
-        Some(fixtures) => write_atomically(&fixtures_path(path), fixtures.as_bytes(), 0o644),
-        None => match std::fs::remove_file(fixtures_path(path)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        },
-    });
-    if let Err(error) = stored {
-        tracing::error!(route = %pipeline.name, "deployed {} but could not store it: {error:#}", deployment.version);
+    reloader.stats.fleet_deploy_applied(&route.name);
+    if let Err(error) = store(route, &deployment.component, fixtures) {
+        tracing::error!(route = %route.name, "deployed {} but could not store it: {error:#}", deployment.version);
     }
 }

@@ -15,17 +15,16 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{fixtures_beside, fixtures_path, try_swap};
-use crate::pipeline::Pipeline;
-use crate::runtime::Runtime;
+use super::{Origin, Reloader, fixtures_beside, fixtures_path};
+use crate::routes::RouteHandle;
 
 /// How long a file must stay quiet before it is read.
 const QUIET: Duration = Duration::from_millis(250);
 
 /// Starts watching; the watcher lives until `shutdown`.
 pub fn watch_components(
-    pipelines: &[Arc<Pipeline>],
-    runtime: &Runtime,
+    routes: &[Arc<RouteHandle>],
+    reloader: &Reloader,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (events, mut changed) = mpsc::unbounded_channel::<PathBuf>();
@@ -37,9 +36,9 @@ pub fn watch_components(
         }
     })
     .context("starting the file watcher")?;
-    let mut folders: Vec<PathBuf> = pipelines
+    let mut folders: Vec<PathBuf> = routes
         .iter()
-        .filter_map(|p| p.route.transform.parent().map(PathBuf::from))
+        .filter_map(|route| route.path.parent().map(PathBuf::from))
         .collect();
     folders.sort();
     folders.dedup();
@@ -48,8 +47,8 @@ pub fn watch_components(
             .watch(folder, RecursiveMode::NonRecursive)
             .with_context(|| format!("watching {}", folder.display()))?;
     }
-    let pipelines = pipelines.to_vec();
-    let runtime = runtime.clone();
+    let routes = routes.to_vec();
+    let reloader = reloader.clone();
     tokio::spawn(async move {
         let _watcher = watcher; // dropping it stops the events
         let mut due: BTreeMap<usize, Instant> = BTreeMap::new();
@@ -58,8 +57,8 @@ pub fn watch_components(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 Some(path) = changed.recv() => {
-                    for (index, pipeline) in pipelines.iter().enumerate() {
-                        let watched = &pipeline.route.transform;
+                    for (index, route) in routes.iter().enumerate() {
+                        let watched = &route.path;
                         if path == *watched || path == fixtures_path(watched) {
                             due.insert(index, Instant::now() + QUIET);
                         }
@@ -70,7 +69,7 @@ pub fn watch_components(
                     let ready: Vec<usize> = due.iter().filter(|(_, at)| **at <= now).map(|(i, _)| *i).collect();
                     for index in ready {
                         due.remove(&index);
-                        reload(&runtime, &pipelines[index]).await;
+                        reload(&reloader, &routes[index]).await;
                     }
                 }
             }
@@ -86,28 +85,24 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn reload(runtime: &Runtime, pipeline: &Arc<Pipeline>) {
-    let path = &pipeline.route.transform;
+async fn reload(reloader: &Reloader, route: &RouteHandle) {
+    let path = &route.path;
     let bytes = match tokio::fs::read(path).await {
         Ok(bytes) => bytes,
         Err(error) => {
-            tracing::warn!(route = %pipeline.name, "cannot read {} ({error}); the current transform keeps serving", path.display());
+            tracing::warn!(route = %route.name, "cannot read {} ({error}); the current transform keeps serving", path.display());
             return;
         }
     };
     let fixtures = match fixtures_beside(path) {
         Ok(fixtures) => fixtures,
         Err(error) => {
-            tracing::warn!(route = %pipeline.name, "{error}; the current transform keeps serving");
+            tracing::warn!(route = %route.name, "{error}; the current transform keeps serving");
             return;
         }
     };
-    try_swap(
-        runtime,
-        pipeline,
-        bytes,
-        fixtures.as_deref(),
-        &format!("file {}", path.display()),
-    )
-    .await;
+    // A refusal is logged and counted by the reloader; the old version serves on.
+    let _ = reloader
+        .try_swap(route, bytes, fixtures.as_deref(), Origin::File(path.clone()))
+        .await;
 }

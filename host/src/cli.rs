@@ -1,0 +1,105 @@
+//! The commands of the `passerelle` binary, one file each. They parse
+//! nothing themselves (clap does) and decide nothing the library should:
+//! they call it and turn its outcome into output and an exit code.
+
+mod check;
+mod deploy;
+mod dlq;
+mod publish;
+mod run;
+mod transform;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes a script can tell apart (documented in the README).
+pub mod exit {
+    pub const FAILED: u8 = 1;
+    pub const REJECT: u8 = 10;
+    pub const RETRY: u8 = 11;
+    pub const TRAP: u8 = 12;
+    pub const BAD_COMPONENT: u8 = 13;
+    pub const FIXTURES_FAILED: u8 = 14;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "passerelle",
+    version,
+    about = "Keeps business systems in sync through RabbitMQ with sandboxed WebAssembly transforms"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one message body (read from stdin) through a component and print
+    /// the actions as JSON. Exit codes: 10 reject, 11 retry, 12 trap
+    /// (crash, time or memory limit), 13 not a valid component, 14 a
+    /// fixture failed (with --fixtures).
+    Transform(transform::TransformArgs),
+    /// Check a component against the passerelle:transform world, or a whole
+    /// configuration file and the components it names, without connecting.
+    Check(check::CheckArgs),
+    /// Consume every route's queue and deliver, until SIGTERM or SIGINT.
+    Run(ConfigArg),
+    /// Publish one message (body read from stdin) with publisher confirms.
+    Publish(publish::PublishArgs),
+    /// Inspect, replay or purge a route's dead letters.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Swap a route's transform on every running host, through the broker.
+    /// The component is checked here first (world, fixtures beside it):
+    /// a bad one is published nowhere. Exit 13: not a valid component;
+    /// 14: a fixture failed.
+    Deploy(deploy::DeployArgs),
+    /// Return every host to the version deployed before the current one.
+    Rollback(deploy::RollbackArgs),
+}
+
+/// The configuration file, for every command that reads one.
+#[derive(Args)]
+pub struct ConfigArg {
+    /// The configuration file.
+    #[arg(long = "config", env = "PASSERELLE_CONFIG", default_value = "passerelle.yaml")]
+    pub path: PathBuf,
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    if !matches!(cli.command, Command::Run(_)) {
+        // `run` sets up its logging once it has read its configuration.
+        init_tracing();
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Transform(args) => transform::transform(args).await,
+            Command::Check(args) => check::check(args).await,
+            Command::Run(config) => run::run(&config.path).await,
+            Command::Publish(args) => publish::publish(args).await,
+            Command::Dlq(command) => dlq::dlq(command).await,
+            Command::Deploy(args) => deploy::deploy(args).await,
+            Command::Rollback(args) => deploy::rollback(args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

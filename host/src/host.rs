@@ -1,0 +1,216 @@
+//! The running process, owned in one place. `Host::start` loads every
+//! route's transform, connects to the broker and declares the topology
+//! (errors there refuse the start), then runs the file watcher, the fleet
+//! listener, one consumer per route and, when configured, the admin
+//! server, until `shutdown`. A lost connection is re-established with
+//! backoff (unacked messages are redelivered by the broker); a shutdown
+//! stops consuming and lets the messages in flight finish, within a bound.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use lapin::Connection;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin;
+use crate::amqp::{self, consumer};
+use crate::config::Config;
+use crate::delivery::Http;
+use crate::pipeline::Pipeline;
+use crate::reload::{self, Reloader, fleet};
+use crate::routes::{self, RouteHandle};
+use crate::runtime::Runtime;
+use crate::stats::Stats;
+
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+
+/// What the host's tasks share.
+#[derive(Clone)]
+pub struct Parts {
+    pub config: Arc<Config>,
+    pub routes: Vec<Arc<RouteHandle>>,
+    pub reloader: Reloader,
+    pub http: Arc<Http>,
+    pub stats: Arc<Stats>,
+}
+
+pub struct Host {
+    parts: Parts,
+    shutdown: CancellationToken,
+    serving: JoinHandle<anyhow::Result<()>>,
+    admin_address: Option<SocketAddr>,
+}
+
+impl Host {
+    /// Starts everything; returns once the first connection is up and the
+    /// routes are being consumed.
+    pub async fn start(config: Config, runtime: Runtime) -> anyhow::Result<Self> {
+        let routes = routes::load(&config, &runtime).await?;
+        Self::start_loaded(config, runtime, routes).await
+    }
+
+    /// `start`, with the routes' transforms already loaded (by `routes::load`).
+    pub async fn start_loaded(config: Config, runtime: Runtime, routes: Vec<Arc<RouteHandle>>) -> anyhow::Result<Self> {
+        let stats = Arc::new(Stats::default());
+        let parts = Parts {
+            http: Arc::new(Http::new(&config.endpoints, stats.clone())?),
+            reloader: Reloader {
+                runtime,
+                stats: stats.clone(),
+            },
+            config: Arc::new(config),
+            routes,
+            stats,
+        };
+        let shutdown = CancellationToken::new();
+        let admin_address = match &parts.config.admin {
+            Some(settings) => Some(admin::serve(settings, parts.clone(), shutdown.clone()).await?),
+            None => None,
+        };
+        reload::watch_components(&parts.routes, &parts.reloader, shutdown.clone())?;
+        let connection = connect_and_declare(&parts.config).await?;
+        let serving = tokio::spawn(serve_until_shutdown(parts.clone(), connection, shutdown.clone()));
+        Ok(Self {
+            parts,
+            shutdown,
+            serving,
+            admin_address,
+        })
+    }
+
+    pub fn routes(&self) -> &[Arc<RouteHandle>] {
+        &self.parts.routes
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.parts.stats
+    }
+
+    /// Where the admin server listens, when there is one.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin_address
+    }
+
+    /// Cancelling it asks for a clean stop: consumers stop taking
+    /// messages, messages in flight finish (up to `amqp.shutdown_grace`).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the host has stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.serving.await.context("the host's main task panicked")?
+    }
+}
+
+/// Serves on `connection`, then on each new one after a loss, until shutdown.
+async fn serve_until_shutdown(
+    parts: Parts,
+    mut connection: Arc<Connection>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let deploys_seen = fleet::DeploysSeen::default();
+    loop {
+        // A host started after a deploy takes it before consuming.
+        let exchange = &parts.config.amqp.control_exchange;
+        if let Err(error) =
+            fleet::apply_latest(&connection, exchange, &parts.routes, &parts.reloader, &deploys_seen).await
+        {
+            tracing::warn!("could not read the deploy history: {error:#}");
+        }
+        parts.stats.set_broker_connected(true);
+        tracing::info!("connected to the broker; consuming {} route(s)", parts.routes.len());
+        let served = serve(&connection, &parts, &deploys_seen, &shutdown).await;
+        parts.stats.set_broker_connected(false);
+        match served {
+            Ok(()) => {
+                let _ = connection.close(200, "shutting down".into()).await;
+                return Ok(());
+            }
+            Err(error) => tracing::warn!("connection lost, reconnecting: {error:#}"),
+        }
+        match reconnect(&parts.config, &shutdown).await {
+            Some(next) => connection = next,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Connects again with exponential backoff; None when a shutdown came first.
+async fn reconnect(config: &Config, shutdown: &CancellationToken) -> Option<Arc<Connection>> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return None,
+        }
+        match connect_and_declare(config).await {
+            Ok(connection) => return Some(connection),
+            Err(error) => tracing::warn!("{error:#}; retrying in {:?}", delay * 2),
+        }
+        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+    }
+}
+
+async fn connect_and_declare(config: &Config) -> anyhow::Result<Arc<Connection>> {
+    // The pid tells an operator (and a test) which host a connection is.
+    let name = format!("passerelle pid {}", std::process::id());
+    let connection = Arc::new(amqp::connect(&config.amqp.url, &name).await?);
+    if let Err(error) = declare_all(&connection, config).await {
+        let _ = connection.close(200, "declaring failed".into()).await;
+        return Err(error);
+    }
+    Ok(connection)
+}
+
+async fn declare_all(connection: &Connection, config: &Config) -> anyhow::Result<()> {
+    let channel = connection.create_channel().await.context("opening a channel")?;
+    for route in config.routes.values() {
+        amqp::declare_topology(&channel, route).await?;
+    }
+    let routes: Vec<String> = config.routes.keys().cloned().collect();
+    fleet::declare(&channel, &config.amqp.control_exchange, &routes).await?;
+    let _ = channel.close(200, "topology declared".into()).await;
+    Ok(())
+}
+
+/// Runs the fleet listener and one consumer per route; returns Ok after a
+/// clean shutdown, or the first task's error (the connection is then abandoned).
+async fn serve(
+    connection: &Arc<Connection>,
+    parts: &Parts,
+    deploys_seen: &fleet::DeploysSeen,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tasks = JoinSet::new();
+    tasks.spawn(fleet::listen(
+        connection.clone(),
+        parts.config.amqp.control_exchange.clone(),
+        parts.routes.clone(),
+        parts.reloader.clone(),
+        deploys_seen.clone(),
+        shutdown.clone(),
+    ));
+    for route in &parts.routes {
+        let pipeline = Pipeline::new(
+            route.clone(),
+            parts.reloader.runtime.clone(),
+            parts.http.clone(),
+            parts.stats.clone(),
+        );
+        let grace = parts.config.amqp.shutdown_grace;
+        tasks.spawn(consumer::consume(
+            connection.clone(),
+            Arc::new(pipeline),
+            shutdown.clone(),
+            grace,
+        ));
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.context("a consumer task panicked")??;
+    }
+    Ok(())
+}

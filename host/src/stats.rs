@@ -1,0 +1,314 @@
+//! What the running host counts, for `/metrics` (Prometheus), `/readyz`
+//! and the ops page: messages per route and outcome, transform and HTTP
+//! durations, breaker states, reloads and fleet deploys, and whether the
+//! broker is connected. One `Stats` per host, shared; recording is a few
+//! atomic operations, cheap enough for every message.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// How a message left the host after a temporary failure.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RetryKind {
+    /// Tried again at once, in process, after a short backoff.
+    InProcess,
+    /// Parked in a TTL queue for a later attempt.
+    Delayed,
+}
+
+/// Breaker states as the gauge reports them: 0 closed, 1 probing, 2 open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Probing,
+    Open,
+}
+
+impl BreakerState {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Probing => "probing",
+            Self::Open => "open",
+        }
+    }
+}
+
+/// Totals of one route, for the ops page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RouteCounts {
+    pub received: u64,
+    pub delivered: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabels {
+    route: String,
+    kind: RetryKind,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    route: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    route: String,
+    version: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    endpoint: String,
+    operation: String,
+    status_class: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    route: String,
+    outcome: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+pub struct Stats {
+    registry: Registry,
+    received: Family<RouteLabel, Counter>,
+    delivered: Family<RouteLabel, Counter>,
+    retried: Family<RetryLabels, Counter>,
+    dead_lettered: Family<ReasonLabels, Counter>,
+    transform_seconds: Histograms<VersionLabels>,
+    http_seconds: Histograms<CallLabels>,
+    breaker_state: Family<EndpointLabel, Gauge>,
+    reloads: Family<ReloadLabels, Counter>,
+    fleet_deploys: Family<RouteLabel, Counter>,
+    broker_connected: Gauge,
+    connected: AtomicBool,
+}
+
+/// From 100 µs to about 3 s: a transform takes well under a millisecond,
+/// an HTTP call tens of milliseconds, a slow one seconds.
+fn duration_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        let mut stats = Self {
+            registry: Registry::with_prefix("passerelle"),
+            received: Family::default(),
+            delivered: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            transform_seconds: Family::new_with_constructor(duration_buckets),
+            http_seconds: Family::new_with_constructor(duration_buckets),
+            breaker_state: Family::default(),
+            reloads: Family::default(),
+            fleet_deploys: Family::default(),
+            broker_connected: Gauge::default(),
+            connected: AtomicBool::new(false),
+        };
+        stats.register();
+        stats
+    }
+}
+
+impl Stats {
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "messages_received",
+            "Messages taken from a route's queue",
+            self.received.clone(),
+        );
+        r.register(
+            "messages_delivered",
+            "Messages whose every action succeeded",
+            self.delivered.clone(),
+        );
+        r.register(
+            "messages_retried",
+            "Temporary failures tried again, in process or through a delayed-retry queue",
+            self.retried.clone(),
+        );
+        r.register(
+            "messages_dead_lettered",
+            "Messages moved to the dead-letter queue, by reason class",
+            self.dead_lettered.clone(),
+        );
+        r.register(
+            "transform_duration_seconds",
+            "Time to run one message through the route's transform",
+            self.transform_seconds.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "HTTP calls to declared operations, by status class (2xx, 4xx, 5xx, error)",
+            self.http_seconds.clone(),
+        );
+        r.register(
+            "breaker_state",
+            "Circuit breaker per endpoint: 0 closed, 1 probing, 2 open",
+            self.breaker_state.clone(),
+        );
+        r.register("reloads", "Transform swaps, done or refused", self.reloads.clone());
+        r.register(
+            "fleet_deploys_applied",
+            "Fleet deploys this host applied",
+            self.fleet_deploys.clone(),
+        );
+        r.register(
+            "broker_connected",
+            "1 while connected to the broker",
+            self.broker_connected.clone(),
+        );
+    }
+
+    pub fn received(&self, route: &str) {
+        self.received.get_or_create(&route_label(route)).inc();
+    }
+
+    pub fn delivered(&self, route: &str) {
+        self.delivered.get_or_create(&route_label(route)).inc();
+    }
+
+    pub fn retried(&self, route: &str, kind: RetryKind) {
+        let labels = RetryLabels {
+            route: route.to_string(),
+            kind,
+        };
+        self.retried.get_or_create(&labels).inc();
+    }
+
+    /// `reason` is a failure class (`transform_reject`, `http_4xx`…), not the text.
+    pub fn dead_lettered(&self, route: &str, reason: &str) {
+        let labels = ReasonLabels {
+            route: route.to_string(),
+            reason: reason.to_string(),
+        };
+        self.dead_lettered.get_or_create(&labels).inc();
+    }
+
+    pub fn transform_ran(&self, route: &str, version: &str, took: Duration) {
+        let labels = VersionLabels {
+            route: route.to_string(),
+            version: version.to_string(),
+        };
+        self.transform_seconds
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// `status` is the HTTP status, or None when no answer came.
+    pub fn http_called(&self, endpoint: &str, operation: &str, status: Option<u16>, took: Duration) {
+        let status_class = match status {
+            Some(status) => format!("{}xx", status / 100),
+            None => "error".to_string(),
+        };
+        let labels = CallLabels {
+            endpoint: endpoint.to_string(),
+            operation: operation.to_string(),
+            status_class,
+        };
+        self.http_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    pub fn breaker(&self, endpoint: &str, state: BreakerState) {
+        let labels = EndpointLabel {
+            endpoint: endpoint.to_string(),
+        };
+        self.breaker_state.get_or_create(&labels).set(state as i64);
+    }
+
+    pub fn reloaded(&self, route: &str, done: bool) {
+        let labels = ReloadLabels {
+            route: route.to_string(),
+            outcome: if done { "done" } else { "refused" }.to_string(),
+        };
+        self.reloads.get_or_create(&labels).inc();
+    }
+
+    pub fn fleet_deploy_applied(&self, route: &str) {
+        self.fleet_deploys.get_or_create(&route_label(route)).inc();
+    }
+
+    pub fn set_broker_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+        self.broker_connected.set(i64::from(connected));
+    }
+
+    pub fn broker_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// A route's totals since start.
+    pub fn route_counts(&self, route: &str) -> RouteCounts {
+        let label = route_label(route);
+        let retried = [RetryKind::InProcess, RetryKind::Delayed]
+            .into_iter()
+            .map(|kind| {
+                let labels = RetryLabels {
+                    route: route.to_string(),
+                    kind,
+                };
+                self.retried.get(&labels).map_or(0, |c| c.get())
+            })
+            .sum();
+        RouteCounts {
+            received: self.received.get(&label).map_or(0, |c| c.get()),
+            delivered: self.delivered.get(&label).map_or(0, |c| c.get()),
+            retried,
+            dead_lettered: self.dead_lettered_total(route),
+        }
+    }
+
+    fn dead_lettered_total(&self, route: &str) -> u64 {
+        // Reason classes are few and known: sum them.
+        crate::pipeline::FailureClass::ALL
+            .iter()
+            .map(|class| {
+                let labels = ReasonLabels {
+                    route: route.to_string(),
+                    reason: class.label().to_string(),
+                };
+                self.dead_lettered.get(&labels).map_or(0, |c| c.get())
+            })
+            .sum()
+    }
+
+    /// Everything, in the Prometheus (OpenMetrics) text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+fn route_label(route: &str) -> RouteLabel {
+    RouteLabel {
+        route: route.to_string(),
+    }
+}

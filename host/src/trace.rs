@@ -1,0 +1,143 @@
+//! W3C trace context (`traceparent`): a message that arrives with one
+//! keeps its trace through everything it causes (HTTP calls, publish
+//! actions, retry copies, dead letters); one that arrives without gets a
+//! new trace. Each message and each HTTP call is a span of its own, a
+//! child of the span that caused it. Only the header is carried: no
+//! tracing backend is needed.
+
+use std::fmt;
+
+use rand::Rng as _;
+
+/// One span's identity within a trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    flags: u8,
+}
+
+impl TraceContext {
+    /// Parses a `traceparent` value (version 00, or a later version read
+    /// the way the specification says: its first four fields only).
+    pub fn parse(header: &str) -> Option<Self> {
+        let mut fields = header.trim().split('-');
+        let version = hex_bytes::<1>(fields.next()?)?[0];
+        let trace_id = hex_bytes::<16>(fields.next()?)?;
+        let span_id = hex_bytes::<8>(fields.next()?)?;
+        let flags = hex_bytes::<1>(fields.next()?)?[0];
+        let valid =
+            version != 0xff && (version != 0 || fields.next().is_none()) && trace_id != [0; 16] && span_id != [0; 8];
+        valid.then_some(Self {
+            trace_id,
+            span_id,
+            flags,
+        })
+    }
+
+    /// A new trace, sampled.
+    pub fn new_root() -> Self {
+        let mut rng = rand::rng();
+        Self {
+            trace_id: rng.random::<u128>().max(1).to_be_bytes(),
+            span_id: rng.random::<u64>().max(1).to_be_bytes(),
+            flags: 1,
+        }
+    }
+
+    /// The span of a message: a child of the one it carries, else a new trace.
+    pub fn for_message(headers: &[(String, String)]) -> Self {
+        headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(crate::amqp::headers::TRACEPARENT))
+            .and_then(|(_, value)| Self::parse(value))
+            .map_or_else(Self::new_root, |parent| parent.child())
+    }
+
+    /// A new span in the same trace, caused by this one.
+    pub fn child(&self) -> Self {
+        Self {
+            span_id: rand::rng().random::<u64>().max(1).to_be_bytes(),
+            ..*self
+        }
+    }
+
+    pub fn trace_id(&self) -> String {
+        hex(&self.trace_id)
+    }
+}
+
+/// The `traceparent` header value.
+impl fmt::Display for TraceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "00-{}-{}-{:02x}",
+            hex(&self.trace_id),
+            hex(&self.span_id),
+            self.flags
+        )
+    }
+}
+
+fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != N * 2 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut bytes = [0; N];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).ok()?;
+    }
+    Some(bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn parses_and_prints_the_specification_example() {
+        let context = TraceContext::parse(EXAMPLE).unwrap();
+        assert_eq!(context.to_string(), EXAMPLE);
+        assert_eq!(context.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn refuses_malformed_values() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e47\u{e9}-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(TraceContext::parse(bad), None, "{bad:?}");
+        }
+        // A later version may add fields: the first four still count.
+        assert!(TraceContext::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra").is_some());
+    }
+
+    #[test]
+    fn a_message_span_continues_the_trace_it_carries_or_starts_one() {
+        let headers = vec![("traceparent".to_string(), EXAMPLE.to_string())];
+        let span = TraceContext::for_message(&headers);
+        assert_eq!(span.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(span.to_string(), EXAMPLE);
+        let child = span.child();
+        assert_eq!(child.trace_id(), span.trace_id());
+        assert_ne!(child.span_id, span.span_id);
+
+        let fresh = TraceContext::for_message(&[]);
+        assert!(TraceContext::parse(&fresh.to_string()).is_some());
+        assert_ne!(fresh.trace_id(), TraceContext::for_message(&[]).trace_id());
+    }
+}
