@@ -117,42 +117,23 @@ async fn metrics_count_a_known_sequence_and_readiness_follows_the_broker() {
 
     let samples = metrics(&admin).await;
     let route = r#"route="crm-to-shop""#;
-    assert_eq!(
-        sample(&samples, &format!("passerelle_messages_received_total{{{route}}}")),
-        5.0
-    );
-    assert_eq!(
-        sample(&samples, &format!("passerelle_messages_delivered_total{{{route}}}")),
-        4.0
-    );
-    assert_eq!(
-        sample(
-            &samples,
-            &format!(r#"passerelle_messages_retried_total{{{route},kind="InProcess"}}"#)
+    let expected = [
+        (format!("passerelle_messages_received_total{{{route}}}"), 5.0),
+        (format!("passerelle_messages_delivered_total{{{route}}}"), 4.0),
+        (
+            format!(r#"passerelle_messages_retried_total{{{route},kind="in_process"}}"#),
+            1.0,
         ),
-        1.0
-    );
-    assert_eq!(
-        sample(
-            &samples,
-            &format!(r#"passerelle_messages_dead_lettered_total{{{route},reason="http_permanent"}}"#)
+        (
+            format!(r#"passerelle_messages_dead_lettered_total{{{route},reason="http_permanent"}}"#),
+            1.0,
         ),
-        1.0
-    );
-    assert_eq!(
-        sample(
-            &samples,
-            &format!(r#"passerelle_reloads_total{{{route},outcome="done"}}"#)
-        ),
-        1.0
-    );
-    assert_eq!(
-        sample(
-            &samples,
-            &format!(r#"passerelle_reloads_total{{{route},outcome="refused"}}"#)
-        ),
-        1.0
-    );
+        (format!(r#"passerelle_reloads_total{{{route},outcome="done"}}"#), 1.0),
+        (format!(r#"passerelle_reloads_total{{{route},outcome="refused"}}"#), 1.0),
+    ];
+    for (series, count) in expected {
+        assert_eq!(sample(&samples, &series), count, "{series}");
+    }
     let calls = |class: &str| {
         let series = format!(
             r#"passerelle_http_request_duration_seconds_count{{endpoint="shop",operation="upsertBusiness",status_class="{class}"}}"#

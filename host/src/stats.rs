@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -15,12 +15,21 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// How a message left the host after a temporary failure.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum RetryKind {
     /// Tried again at once, in process, after a short backoff.
     InProcess,
     /// Parked in a TTL queue for a later attempt.
     Delayed,
+}
+
+impl RetryKind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::InProcess => "in_process",
+            Self::Delayed => "delayed",
+        }
+    }
 }
 
 /// Breaker states as the gauge reports them: 0 closed, 1 probing, 2 open.
@@ -58,7 +67,7 @@ struct RouteLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RetryLabels {
     route: String,
-    kind: RetryKind,
+    kind: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -197,7 +206,7 @@ impl Stats {
     pub fn retried(&self, route: &str, kind: RetryKind) {
         let labels = RetryLabels {
             route: route.to_string(),
-            kind,
+            kind: kind.label(),
         };
         self.retried.get_or_create(&labels).inc();
     }
@@ -271,7 +280,7 @@ impl Stats {
             .map(|kind| {
                 let labels = RetryLabels {
                     route: route.to_string(),
-                    kind,
+                    kind: kind.label(),
                 };
                 self.retried.get(&labels).map_or(0, |c| c.get())
             })
