@@ -4,6 +4,8 @@
 //! answers as told, and the real `passerelle` binary as a child process.
 #![allow(dead_code)] // each test file uses its own part of this
 
+pub mod browser;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
