@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use passerelle::logging::{self, LogFormat};
 
 /// Exit codes a script can tell apart (documented in the README).
 pub mod exit {
@@ -33,6 +34,9 @@ pub mod exit {
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to stderr.
+    #[arg(long, global = true, value_enum, default_value_t, env = "PASSERELLE_LOG_FORMAT")]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -70,16 +74,17 @@ pub struct ConfigArg {
 }
 
 pub fn run(cli: Cli) -> ExitCode {
+    let format = cli.log_format;
     if !matches!(cli.command, Command::Run(_)) {
         // `run` sets up its logging once it has read its configuration.
-        init_tracing();
+        init_logging(format, None);
     }
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
     let result = runtime.block_on(async {
         match cli.command {
             Command::Transform(args) => transform::transform(args).await,
             Command::Check(args) => check::check(args).await,
-            Command::Run(config) => run::run(&config.path).await,
+            Command::Run(config) => run::run(&config.path, format).await,
             Command::Publish(args) => publish::publish(args).await,
             Command::Dlq(command) => dlq::dlq(command).await,
             Command::Deploy(args) => deploy::deploy(args).await,
@@ -95,11 +100,10 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// Logging to stderr in `format`, and to Graylog when configured. A
+/// second call (there is none) would keep the first set-up.
+pub fn init_logging(format: LogFormat, gelf: Option<&logging::GelfTarget>) {
+    if let Err(error) = logging::init(format, gelf) {
+        eprintln!("warning: logging: {error:#}");
+    }
 }

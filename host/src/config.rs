@@ -35,6 +35,16 @@ pub struct Config {
     pub routes: BTreeMap<String, Route>,
     /// The admin HTTP server; off unless configured.
     pub admin: Option<Admin>,
+    pub logging: Logging,
+}
+
+/// Where logs go besides stderr.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logging {
+    /// Graylog: `udp://host:port`, `tcp://host:port` or `host:port` (UDP).
+    #[serde(default)]
+    pub gelf: Option<crate::logging::GelfTarget>,
 }
 
 /// The admin HTTP server: health, metrics, transforms, dead letters, the ops page.
@@ -322,6 +332,8 @@ struct RawConfig {
     routes: BTreeMap<String, Route>,
     #[serde(default)]
     admin: Option<Admin>,
+    #[serde(default)]
+    logging: Logging,
 }
 
 impl Config {
@@ -383,6 +395,7 @@ impl Config {
             endpoints: raw.endpoints,
             routes: raw.routes,
             admin: raw.admin,
+            logging: raw.logging,
         };
         for (name, route) in &mut config.routes {
             route.name.clone_from(name);

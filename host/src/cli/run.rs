@@ -5,12 +5,14 @@ use std::path::Path;
 
 use passerelle::config::Config;
 use passerelle::host::Host;
+use passerelle::logging::LogFormat;
 use passerelle::runtime::{ComponentCache, Runtime};
 use tokio_util::sync::CancellationToken;
 
-pub async fn run(config: &Path) -> anyhow::Result<u8> {
+pub async fn run(config: &Path, format: LogFormat) -> anyhow::Result<u8> {
     let config = Config::load(config);
-    super::init_tracing();
+    let gelf = config.as_ref().ok().and_then(|config| config.logging.gelf.as_ref());
+    super::init_logging(format, gelf);
     let config = config?;
     let runtime = Runtime::new()?.with_cache(&ComponentCache::default_dir())?;
     let host = Host::start(config, runtime).await?;

@@ -1,0 +1,121 @@
+//! Logs of `passerelle run`, end to end: with `--log-format json` every
+//! line on stderr is a JSON object, and the lines about a message carry
+//! its route, id, transform version and attempt; with `logging.gelf` the
+//! same records reach a local Graylog stand-in (a UDP socket, a TCP
+//! listener) as GELF 1.1.
+
+mod support;
+
+use std::io::Read as _;
+use std::net::{TcpListener, UdpSocket};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Deployment, Host, Reply, TEST_SECRETS, eventually};
+
+fn version_of_shipped() -> String {
+    passerelle::version::Version::of(&std::fs::read(support::transform("crm-to-shop")).unwrap()).to_string()
+}
+
+/// Starts a host logging as JSON with GELF to `gelf`, delivers one account
+/// and dead-letters another (the shop answers 400 to it).
+async fn one_delivered_one_dead_lettered(setup: &Deployment, gelf: &str) -> Host {
+    let config = setup.config("", "");
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{yaml}logging:\n  gelf: {gelf}\n")).unwrap();
+    let env: Vec<(&str, &str)> = TEST_SECRETS
+        .iter()
+        .copied()
+        .chain([("PASSERELLE_LOG_FORMAT", "json")])
+        .collect();
+    let host = Host::start_with_env(&config, &env);
+    setup.broker.wait_for_consumers(&setup.crm_queue, 1).await;
+    setup.publish_accounts(0..1).await;
+    setup.server.wait_for_calls(1, Duration::from_secs(30)).await;
+    setup.server.reply_next(Reply::status(400));
+    setup.publish_accounts(1..2).await;
+    eventually("the dead letter's log line", Duration::from_secs(30), async || {
+        host.log().contains("dead-lettered").then_some(())
+    })
+    .await;
+    host
+}
+
+/// Asserts that a record names the message it is about.
+fn assert_about_message(fields: &Value, prefix: &str, message_id: &str) {
+    let field = |name: &str| &fields[format!("{prefix}{name}")];
+    assert_eq!(field("route"), "crm-to-shop", "{fields}");
+    assert_eq!(field("message_id"), message_id, "{fields}");
+    assert_eq!(field("version"), version_of_shipped().as_str(), "{fields}");
+    assert_eq!(field("attempt"), 1, "{fields}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_lines_parse_and_gelf_over_udp_carries_the_message_fields() {
+    let graylog = UdpSocket::bind("127.0.0.1:0").unwrap();
+    graylog.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let setup = Deployment::new().await;
+    let gelf = format!("udp://{}", graylog.local_addr().unwrap());
+    let host = one_delivered_one_dead_lettered(&setup, &gelf).await;
+
+    let lines: Vec<Value> = host
+        .log()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}")))
+        .collect();
+    let about = |text: &str| {
+        lines
+            .iter()
+            .find(|line| line["message"].as_str().is_some_and(|m| m.starts_with(text)))
+            .unwrap_or_else(|| panic!("no line starting {text:?}"))
+    };
+    assert_about_message(&about("delivered")["span"], "", "msg-0");
+    assert_about_message(&about("dead-lettered")["span"], "", "msg-1");
+
+    let mut buffer = vec![0; 65536];
+    let record = loop {
+        let size = graylog.recv(&mut buffer).expect("a GELF datagram");
+        let record: Value = serde_json::from_slice(&buffer[..size]).unwrap();
+        assert_eq!(record["version"], "1.1");
+        assert!(record["host"].as_str().is_some_and(|h| !h.is_empty()));
+        if record["short_message"].as_str().unwrap().starts_with("dead-lettered") {
+            break record;
+        }
+    };
+    assert_eq!(record["level"], 4, "a warning");
+    assert_about_message(&record, "_", "msg-1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gelf_over_tcp_is_framed_by_nul_bytes() {
+    let graylog = TcpListener::bind("127.0.0.1:0").unwrap();
+    let setup = Deployment::new().await;
+    let gelf = format!("tcp://{}", graylog.local_addr().unwrap());
+    let _host = one_delivered_one_dead_lettered(&setup, &gelf).await;
+
+    let (mut connection, _) = graylog.accept().unwrap();
+    connection.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut stream = Vec::new();
+    let mut chunk = [0; 4096];
+    let record = loop {
+        let read = connection.read(&mut chunk).expect("GELF records");
+        assert!(read > 0, "the host closed the GELF connection");
+        stream.extend_from_slice(&chunk[..read]);
+        let records: Vec<Value> = stream
+            .split(|byte| *byte == 0)
+            .filter(|frame| !frame.is_empty() && frame.ends_with(b"}"))
+            .filter_map(|frame| serde_json::from_slice(frame).ok())
+            .collect();
+        let dead = records.into_iter().find(|r| {
+            r["short_message"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("dead-lettered")
+        });
+        if let Some(record) = dead {
+            break record;
+        }
+    };
+    assert_eq!(record["version"], "1.1");
+    assert_about_message(&record, "_", "msg-1");
+}
