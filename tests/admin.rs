@@ -261,6 +261,40 @@ async fn an_upload_swaps_the_transform_and_a_failing_one_is_refused() {
         Some(v2_version.as_str())
     );
 
+    // To every host through the broker, then back with a rollback.
+    let v3 = new_version();
+    let v3_version = passerelle::version::Version::of(&v3).to_string();
+    let fleet = client()
+        .post(format!("{upload_url}?fleet=true"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(v3)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fleet.status(), 200, "{}", fleet.text().await.unwrap());
+    wait_for_log(
+        &host,
+        &format!("swapped transform {v2_version} -> {v3_version} (deploy"),
+    )
+    .await;
+    let rollback = client()
+        .post(format!("{upload_url}/rollback"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rollback.status(), 200);
+    let rolled: serde_json::Value = rollback.json().await.unwrap();
+    assert_eq!(
+        (rolled["from"].as_str(), rolled["to"].as_str()),
+        (Some(v3_version.as_str()), Some(v2_version.as_str()))
+    );
+    wait_for_log(
+        &host,
+        &format!("swapped transform {v3_version} -> {v2_version} (deploy"),
+    )
+    .await;
+
     // Bodies over the limit are refused before they are read in full.
     let huge = vec![0u8; 17 * 1024 * 1024];
     let too_big = client()

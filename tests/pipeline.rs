@@ -350,6 +350,11 @@ routes:
     assert_eq!(message.headers["x-original-routing-key"], "order.created");
     let version = passerelle::version::Version::of(&std::fs::read(&republisher).unwrap());
     assert_eq!(message.headers["x-passerelle-transform-version"], version.as_str());
+    let trace = &message.headers["traceparent"];
+    assert!(
+        trace.len() == 55 && trace.starts_with("00-"),
+        "a publish action carries the message's trace: {trace:?}"
+    );
 
     // No queue takes `forwarded.invoice.created`: a failure, not a loss.
     broker
