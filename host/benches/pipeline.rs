@@ -5,7 +5,8 @@
 //!   crm-to-shop transform, concurrency 16, calling a minimal HTTP server
 //!   started here (it answers 200 and counts);
 //! - transform: `Runtime::run` alone in a loop, one task, a fresh instance
-//!   per message (where the pipeline's time goes, without broker or HTTP).
+//!   per message (where the pipeline's time goes, without broker or HTTP),
+//!   with the pooling allocator `run` uses and with the on-demand one.
 //!
 //! Each round publishes N copies of the design doc's CRM account (Ids
 //! gg-0.., distinct message ids, persistent, publisher confirms) to a
@@ -57,7 +58,8 @@ async fn run_rounds(broker: &Broker, wasm: &Path, n: usize, rounds: usize) -> an
     let server = Server::start().await?;
     let config = pipeline_config(broker, wasm, server.port)?;
     broker.owns(&config);
-    let runtime = Runtime::new()?;
+    // As `passerelle run` does: the pooling allocator, sized from the routes.
+    let runtime = Runtime::pooled(routes::pool_size(&config))?;
     let route = &config.routes[ROUTE];
     println!("passerelle pipeline bench: {n} messages, {rounds} round(s), concurrency/prefetch {CONCURRENCY}");
 
@@ -77,6 +79,7 @@ async fn run_rounds(broker: &Broker, wasm: &Path, n: usize, rounds: usize) -> an
         dead_letters += dead;
     }
     let (transform_ns, transform_failed) = transform_only(&runtime, route, wasm, n.min(2000)).await?;
+    let (on_demand_ns, _) = transform_only(&Runtime::new()?, route, wasm, n.min(2000)).await?;
 
     let (bare, piped) = (median(bare), median(piped));
     println!();
@@ -88,9 +91,13 @@ async fn run_rounds(broker: &Broker, wasm: &Path, n: usize, rounds: usize) -> an
         println!("  pipeline dead-lettered {dead_letters} of {} messages", n * rounds);
     }
     println!(
-        "  transform only, fresh instance   {:>9.0} ns/msg ({:.0} msg/s on one task)",
+        "  transform only, fresh instance   {:>9.0} ns/msg ({:.0} msg/s on one task), pooling allocator",
         transform_ns,
         1e9 / transform_ns
+    );
+    println!(
+        "  transform only, fresh instance   {on_demand_ns:>9.0} ns/msg, on-demand allocator ({:.1}x the pooled)",
+        on_demand_ns / transform_ns
     );
     if transform_failed > 0 {
         println!("  transform only: {transform_failed} of {} runs failed", n.min(2000));

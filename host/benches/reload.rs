@@ -122,7 +122,7 @@ async fn swap_rounds(broker: &Broker, wasm: &Path, shipped: &[u8], rounds: usize
     let route = &config.routes[ROUTE];
     // The host's own declaration, so that the stream can start at once.
     passerelle::amqp::declare_topology(&broker.channel, route).await?;
-    let runtime = Runtime::new()?.with_cache(cache.path())?;
+    let runtime = Runtime::pooled(passerelle::routes::pool_size(&config))?.with_cache(cache.path())?;
     let first = server.first_call_from(Version::of(shipped).as_str());
 
     let host = Host::start(config.clone(), runtime).await?;

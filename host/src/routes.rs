@@ -11,7 +11,7 @@ use anyhow::Context as _;
 
 use crate::config::{Config, Route};
 use crate::reload;
-use crate::runtime::{RouteContext, Runtime, Transform, TransformSlot};
+use crate::runtime::{PoolSize, RouteContext, Runtime, Transform, TransformSlot};
 
 /// Where the transform a route runs came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -71,6 +71,25 @@ impl RouteHandle {
 
     pub fn loaded(&self) -> Loaded {
         self.loaded.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Instances that validation (fixtures of a candidate) may run beside
+/// the routes' messages.
+const VALIDATION_INSTANCES: u32 = 4;
+
+/// The instance pool the routes need: one instance per message a route
+/// may handle at once, and memories as large as the largest route limit.
+pub fn pool_size(config: &Config) -> PoolSize {
+    let routes = config.routes.values();
+    let instances = routes.clone().map(|route| u32::from(route.concurrency)).sum::<u32>();
+    let max_memory = routes
+        .map(|route| route.limits.guest().memory)
+        .max()
+        .unwrap_or_default();
+    PoolSize {
+        instances: instances + VALIDATION_INSTANCES,
+        max_memory,
     }
 }
 

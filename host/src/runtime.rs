@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 use crate::version::Version;
 use guest::{GuestState, bindings};
@@ -35,7 +36,30 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<GuestState>>,
     cache: Option<Arc<ComponentCache>>,
+    /// With the pooling allocator, one permit per pool slot: a message
+    /// waits for a slot instead of failing when the pool is full.
+    slots: Option<Arc<Semaphore>>,
 }
+
+/// What the pooling allocator reserves up front: instances alive at once,
+/// and how large one linear memory may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSize {
+    pub instances: u32,
+    pub max_memory: usize,
+}
+
+/// Bounds per component: generous for the toolchains we know (a Rust
+/// wasip2 component has about 3 core instances, 1 memory, 2 tables), and
+/// what the pool multiplies by its instances.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+const TABLES_PER_COMPONENT: u32 = 8;
+/// What stays mapped in a freed slot, so the next instance in it does not
+/// fault its pages in again: the kernel work that dominated a fresh
+/// instance's cost (see ARCHITECTURE.md).
+const MEMORY_KEEP_RESIDENT: usize = 2 << 20;
+const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 
 /// A compiled component that fits the world, ready to instantiate.
 #[derive(Clone)]
@@ -140,9 +164,36 @@ pub enum LoadError {
 }
 
 impl Runtime {
-    /// Builds the engine and starts the epoch ticker that enforces time limits.
+    /// Instances allocated on demand: for commands that run a few messages.
     pub fn new() -> anyhow::Result<Self> {
+        Self::with_config(Config::new(), None)
+    }
+
+    /// Instances from a pool reserved up front and reused (each instance
+    /// still starts from a clean slot): for `run`, where every message
+    /// gets a fresh instance. At most `size.instances` run at once.
+    pub fn pooled(size: PoolSize) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(size.instances)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(TABLES_PER_COMPONENT)
+            .total_core_instances(size.instances * CORE_INSTANCES_PER_COMPONENT)
+            .total_memories(size.instances * MEMORIES_PER_COMPONENT)
+            .total_tables(size.instances * TABLES_PER_COMPONENT)
+            .total_stacks(size.instances)
+            .max_memory_size(size.max_memory)
+            .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT.min(size.max_memory))
+            .table_keep_resident(TABLE_KEEP_RESIDENT)
+            .pagemap_scan(Enabled::Auto);
         let mut config = Config::new();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let slots = Arc::new(Semaphore::new(size.instances as usize));
+        Self::with_config(config, Some(slots))
+    }
+
+    /// Builds the engine and starts the epoch ticker that enforces time limits.
+    fn with_config(mut config: Config, slots: Option<Arc<Semaphore>>) -> anyhow::Result<Self> {
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| anyhow!("creating the WebAssembly engine: {e:#}"))?;
         spawn_epoch_ticker(&engine);
@@ -155,6 +206,7 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             cache: None,
+            slots,
         })
     }
 
@@ -204,6 +256,17 @@ impl Runtime {
         message: &Message,
     ) -> Result<Vec<Action>, TransformFailure> {
         let limits = route.limits;
+        // Declared before the store, so dropped after it: the slot is free
+        // again only once the instance is gone.
+        let _slot = match &self.slots {
+            Some(slots) => Some(
+                slots
+                    .acquire()
+                    .await
+                    .map_err(|_| TransformFailure::Trap("the runtime is closed".into()))?,
+            ),
+            None => None,
+        };
         let state = GuestState::new(route, &transform.version);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);

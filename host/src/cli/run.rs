@@ -6,6 +6,7 @@ use std::path::Path;
 use passerelle::config::Config;
 use passerelle::host::Host;
 use passerelle::logging::LogFormat;
+use passerelle::routes;
 use passerelle::runtime::{ComponentCache, Runtime};
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +15,7 @@ pub async fn run(config: &Path, format: LogFormat) -> anyhow::Result<u8> {
     let gelf = config.as_ref().ok().and_then(|config| config.logging.gelf.as_ref());
     super::init_logging(format, gelf);
     let config = config?;
-    let runtime = Runtime::new()?.with_cache(&ComponentCache::default_dir())?;
+    let runtime = Runtime::pooled(routes::pool_size(&config))?.with_cache(&ComponentCache::default_dir())?;
     let host = Host::start(config, runtime).await?;
     tokio::spawn(cancel_on_signal(host.shutdown_token()));
     host.wait().await?;

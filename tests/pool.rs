@@ -1,0 +1,94 @@
+//! The pooling allocator `passerelle run` uses, with real components: a
+//! full pool makes messages wait for a slot instead of failing, a reused
+//! slot starts clean (no state of one message is visible to the next), and
+//! the time and memory limits still hold.
+
+mod support;
+
+use std::time::Duration;
+
+use passerelle::runtime::{GuestLimits, Message, PoolSize, RouteContext, Runtime, Transform, TransformFailure};
+use support::{CRM_ACCOUNT, fixture, transform};
+
+const MEMORY: usize = 16 << 20;
+
+fn route() -> RouteContext {
+    RouteContext {
+        route: "pooled".into(),
+        limits: GuestLimits {
+            time: Duration::from_millis(500),
+            memory: MEMORY,
+        },
+        ..Default::default()
+    }
+}
+
+fn message() -> Message {
+    Message {
+        body: CRM_ACCOUNT.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+fn pooled(instances: u32) -> Runtime {
+    Runtime::pooled(PoolSize {
+        instances,
+        max_memory: MEMORY,
+    })
+    .unwrap()
+}
+
+fn load(runtime: &Runtime, path: std::path::PathBuf) -> Transform {
+    runtime.load(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_pool_makes_messages_wait_not_fail() {
+    let runtime = pooled(2);
+    let good = load(&runtime, transform("crm-to-shop"));
+    let (route, message) = (route(), message());
+    // Ten times more messages in flight than slots.
+    let runs = (0..20).map(|_| runtime.run(&good, &route, &message));
+    let outcomes = futures_util::future::join_all(runs).await;
+    for outcome in outcomes {
+        assert_eq!(outcome.expect("a full pool must not fail a message").len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_slot_starts_clean() {
+    // One slot: every run reuses it.
+    let runtime = pooled(1);
+    let counter = load(&runtime, fixture("counter"));
+    let (route, message) = (route(), message());
+    for _ in 0..5 {
+        let failure = runtime.run(&counter, &route, &message).await.unwrap_err();
+        assert_eq!(
+            failure,
+            TransformFailure::Reject("call 1".into()),
+            "a global survived a message"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_still_hold_in_the_pool() {
+    let runtime = pooled(2);
+    let good = load(&runtime, transform("crm-to-shop"));
+    let (route, message) = (route(), message());
+    let expected = [
+        ("looping", "time limit"),
+        ("memory-hog", "exceeded its memory limit"),
+        ("panicking", "boom"),
+    ];
+    for (hostile, words) in expected {
+        let bad = load(&runtime, fixture(hostile));
+        let failure = runtime.run(&bad, &route, &message).await.unwrap_err();
+        assert!(
+            matches!(&failure, TransformFailure::Trap(reason) if reason.contains(words)),
+            "{hostile}: {failure:?}"
+        );
+        let actions = runtime.run(&good, &route, &message).await.unwrap();
+        assert_eq!(actions.len(), 1, "after {hostile}");
+    }
+}
