@@ -85,7 +85,47 @@ pub struct Endpoint {
     pub timeout: Duration,
     #[serde(default)]
     pub breaker: BreakerSettings,
+    /// Requests per second (or minute) at most: `50/s`, `600/m`.
+    #[serde(default, with = "rate::option")]
+    pub rate_limit: Option<f64>,
+    /// Requests that may go at once after a quiet spell; defaults to one
+    /// second's worth of `rate_limit`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Requests waiting for an answer at once, at most.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
     pub operations: BTreeMap<String, Operation>,
+}
+
+/// An endpoint's pace, as the limiter applies it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    pub per_second: Option<f64>,
+    pub burst: u32,
+    pub max_in_flight: Option<u32>,
+}
+
+impl Endpoint {
+    pub fn pace(&self) -> Pace {
+        let one_second = self.rate_limit.map_or(1.0, |rate| rate.ceil());
+        Pace {
+            per_second: self.rate_limit,
+            burst: self.burst.unwrap_or(one_second as u32).max(1),
+            max_in_flight: self.max_in_flight,
+        }
+    }
+}
+
+/// Which route goes first when routes wait for the same endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Bulk work (an import): served when nothing else waits.
+    Low,
+    #[default]
+    Normal,
+    High,
 }
 
 /// When an endpoint counts as down, and how long its routes then pause.
@@ -208,6 +248,9 @@ pub struct Route {
     pub retry: Retry,
     #[serde(default)]
     pub limits: Limits,
+    /// Against other routes calling the same rate-limited endpoint.
+    #[serde(default)]
+    pub priority: Priority,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -446,6 +489,48 @@ mod defaults {
     }
     pub fn admin_max_body() -> bytesize::ByteSize {
         bytesize::ByteSize::mib(16)
+    }
+}
+
+/// Rates written as a count per unit: `50/s`, `600/m`, `1000/h`.
+mod rate {
+    pub fn parse(text: &str) -> Result<f64, String> {
+        let bad = || format!("invalid rate {text:?}; expected a count per unit, e.g. 50/s, 600/m, 1000/h");
+        let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: f64 = count.trim().parse().map_err(|_| bad())?;
+        let seconds = match unit.trim() {
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        if !(count.is_finite() && count > 0.0) {
+            return Err(format!("invalid rate {text:?}: the count must be more than 0"));
+        }
+        Ok(count / seconds)
+    }
+
+    pub mod option {
+        use serde::{Deserialize, Deserializer};
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+            let text = String::deserialize(deserializer)?;
+            super::parse(&text).map(Some).map_err(serde::de::Error::custom)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn rates_read_per_second_minute_or_hour_and_name_bad_values() {
+            assert_eq!(super::parse("50/s"), Ok(50.0));
+            assert_eq!(super::parse("600/m"), Ok(10.0));
+            assert_eq!(super::parse(" 3600 / h "), Ok(1.0));
+            for bad in ["fast", "50", "50/d", "0/s", "-1/s", "x/s"] {
+                let error = super::parse(bad).unwrap_err();
+                assert!(error.contains(&format!("{bad:?}")), "{error}");
+            }
+        }
     }
 }
 

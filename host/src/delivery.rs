@@ -5,6 +5,7 @@
 
 mod auth;
 mod breaker;
+mod limiter;
 mod request;
 
 use std::collections::BTreeMap;
@@ -14,11 +15,12 @@ use std::time::{Duration, Instant, SystemTime};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
-use crate::config::Endpoint;
+use crate::config::{Endpoint, Priority};
 use crate::stats::{BreakerState, Stats};
 use crate::version::Version;
 use auth::Authenticator;
 use breaker::{Breaker, Outcome};
+use limiter::Limiter;
 pub use request::{Request, UNRESERVED, build_request};
 
 /// Header carrying the key that makes a retried call safe to repeat.
@@ -64,6 +66,8 @@ pub struct CallContext<'a> {
     pub idempotency_key: String,
     pub version: &'a Version,
     pub traceparent: String,
+    /// The calling route's, when the endpoint's pace makes requests wait.
+    pub priority: Priority,
 }
 
 /// The declared endpoints and one pooled HTTP client for all of them.
@@ -77,6 +81,7 @@ struct EndpointClient {
     config: Endpoint,
     auth: Authenticator,
     breaker: Breaker,
+    limiter: Limiter,
 }
 
 impl Http {
@@ -90,6 +95,7 @@ impl Http {
                 let client = EndpointClient {
                     auth: Authenticator::new(config.auth.clone()),
                     breaker: Breaker::new(name, config.breaker),
+                    limiter: Limiter::new(config.pace()),
                     config: config.clone(),
                 };
                 (name.clone(), client)
@@ -133,6 +139,8 @@ impl Http {
             .map_err(|problem| DeliveryError::permanent(format!("call to {name}: {problem}")))?;
 
         let permit = target.breaker.acquire().await;
+        // Held until the answer: it also counts the request in flight.
+        let _paced = target.limiter.acquire(context.priority).await;
         let started = Instant::now();
         let result = self.exchange(target, &request, context, &name).await;
         let status = match &result {

@@ -242,6 +242,7 @@ impl Pipeline {
                     idempotency_key: idempotency_key(self.name(), message, index),
                     version,
                     traceparent: trace.child().to_string(),
+                    priority: self.route.route.priority,
                 };
                 self.http
                     .call(endpoint, operation, args, &context)

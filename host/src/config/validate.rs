@@ -85,6 +85,7 @@ fn check_endpoint(name: &str, endpoint: &mut Endpoint, secrets: Secrets) -> Resu
     if let (Some(auth), Secrets::Read) = (&mut endpoint.auth, secrets) {
         read_auth_secrets(&format!("{key}.auth"), auth)?;
     }
+    check_pace(&key, endpoint)?;
     if endpoint.breaker.failures == 0 {
         return Err((format!("{key}.breaker.failures"), "must be at least 1".into()));
     }
@@ -101,6 +102,20 @@ fn check_endpoint(name: &str, endpoint: &mut Endpoint, secrets: Secrets) -> Resu
         check_operation(&format!("{key}.operations.{op_name}"), operation)?;
     }
     Ok(())
+}
+
+fn check_pace(key: &str, endpoint: &Endpoint) -> Result<(), Problem> {
+    if endpoint.max_in_flight == Some(0) {
+        return Err((format!("{key}.max_in_flight"), "must be at least 1".into()));
+    }
+    match (endpoint.burst, endpoint.rate_limit) {
+        (Some(0), _) => Err((format!("{key}.burst"), "must be at least 1".into())),
+        (Some(burst), None) => Err((
+            format!("{key}.burst"),
+            format!("burst {burst} needs a rate_limit (e.g. rate_limit: 50/s)"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn read_auth_secrets(key: &str, auth: &mut Auth) -> Result<(), Problem> {
