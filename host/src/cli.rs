@@ -5,6 +5,7 @@
 mod check;
 mod deploy;
 mod dlq;
+mod import;
 mod publish;
 mod run;
 mod transform;
@@ -23,6 +24,8 @@ pub mod exit {
     pub const TRAP: u8 = 12;
     pub const BAD_COMPONENT: u8 = 13;
     pub const FIXTURES_FAILED: u8 = 14;
+    /// An import that finished, with bad lines left out.
+    pub const BAD_LINES: u8 = 15;
 }
 
 #[derive(Parser)]
@@ -53,6 +56,9 @@ enum Command {
     Run(ConfigArg),
     /// Publish one message (body read from stdin) with publisher confirms.
     Publish(publish::PublishArgs),
+    /// Publish every record of an NDJSON or CSV file (or stdin): the
+    /// initial import. Exit 15 when it finished with bad lines left out.
+    Import(import::ImportArgs),
     /// Inspect, replay or purge a route's dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -86,6 +92,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Check(args) => check::check(args).await,
             Command::Run(config) => run::run(&config.path, format).await,
             Command::Publish(args) => publish::publish(args).await,
+            Command::Import(args) => import::import(args).await,
             Command::Dlq(command) => dlq::dlq(command).await,
             Command::Deploy(args) => deploy::deploy(args).await,
             Command::Rollback(args) => deploy::rollback(args).await,

@@ -7,6 +7,7 @@ pub mod amqp;
 pub mod config;
 pub mod delivery;
 pub mod host;
+pub mod import;
 pub mod logging;
 pub mod ops;
 pub mod pipeline;

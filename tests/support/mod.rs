@@ -268,6 +268,12 @@ impl Broker {
             taken.push(Taken {
                 body: message.delivery.data.clone(),
                 headers,
+                message_id: message
+                    .delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.to_string()),
             });
         }
         taken
@@ -279,6 +285,7 @@ impl Broker {
 pub struct Taken {
     pub body: Vec<u8>,
     pub headers: BTreeMap<String, String>,
+    pub message_id: Option<String>,
 }
 
 fn header_texts(table: &FieldTable) -> BTreeMap<String, String> {
