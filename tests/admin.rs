@@ -336,15 +336,7 @@ async fn a_traceparent_is_carried_to_the_http_call_and_onto_dead_letters() {
 
     // Without one, a trace starts here, and the dead letter carries it.
     setup.server.reply_next(Reply::status(400));
-    setup
-        .broker
-        .publish(
-            &setup.crm_exchange,
-            "account.updated",
-            CRM_ACCOUNT.as_bytes(),
-            Some("untraced"),
-        )
-        .await;
+    setup.publish_crm_account("untraced").await;
     let calls = setup.server.wait_for_calls(2, Duration::from_secs(30)).await;
     let started = calls[1].header("traceparent").expect("a new trace").to_string();
     let dead = format!("{}.dead", setup.crm_queue);

@@ -22,15 +22,7 @@ async fn both_directions_reach_their_target_exactly_as_declared() {
     let config = setup.config(QUICK_RETRY, "");
     let mut host = setup.start_host(&config).await;
 
-    setup
-        .broker
-        .publish(
-            &setup.crm_exchange,
-            "account.updated",
-            CRM_ACCOUNT.as_bytes(),
-            Some("crm-msg-1"),
-        )
-        .await;
+    setup.publish_crm_account("crm-msg-1").await;
     let calls = setup.server.wait_for_calls(1, Duration::from_secs(30)).await;
     let shop = &calls[0];
     assert_eq!(

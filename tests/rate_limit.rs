@@ -80,15 +80,7 @@ async fn a_live_change_overtakes_a_saturated_low_priority_import() {
     publish_to_queue(&setup, &import_queue, "imp", 2000).await;
     setup.server.wait_for_calls(10, Duration::from_secs(30)).await;
     let published = Instant::now();
-    setup
-        .broker
-        .publish(
-            &setup.crm_exchange,
-            "account.updated",
-            CRM_ACCOUNT.as_bytes(),
-            Some("live-1"),
-        )
-        .await;
+    setup.publish_crm_account("live-1").await;
     let live = eventually("the live change at the shop", Duration::from_secs(30), async || {
         let calls = setup.server.calls();
         calls.into_iter().find(|call| call.uri.ends_with("/businesses/gg-11"))

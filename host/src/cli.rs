@@ -71,6 +71,15 @@ enum Command {
     Rollback(deploy::RollbackArgs),
 }
 
+/// Where a command publishes.
+#[derive(Args)]
+pub struct Destination {
+    #[arg(long)]
+    pub exchange: String,
+    #[arg(long, default_value = "")]
+    pub routing_key: String,
+}
+
 /// The configuration file, for every command that reads one.
 #[derive(Args)]
 pub struct ConfigArg {

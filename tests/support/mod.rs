@@ -783,6 +783,18 @@ routes:
         host
     }
 
+    /// The design doc's CRM account (gg-11), as the CRM would publish it.
+    pub async fn publish_crm_account(&self, message_id: &str) {
+        self.broker
+            .publish(
+                &self.crm_exchange,
+                "account.updated",
+                CRM_ACCOUNT.as_bytes(),
+                Some(message_id),
+            )
+            .await;
+    }
+
     pub async fn publish_accounts(&self, ids: impl Iterator<Item = usize>) {
         for n in ids {
             let body = CRM_ACCOUNT.replace("gg-11", &format!("gg-{n}"));

@@ -14,16 +14,14 @@ use passerelle::config::Config;
 use passerelle::import::{self, Format, Options, Summary};
 use sha2::{Digest as _, Sha256};
 
-use super::{ConfigArg, exit};
+use super::{ConfigArg, Destination, exit};
 
 #[derive(Args)]
 pub struct ImportArgs {
     #[command(flatten)]
     config: ConfigArg,
-    #[arg(long)]
-    exchange: String,
-    #[arg(long, default_value = "")]
-    routing_key: String,
+    #[command(flatten)]
+    to: Destination,
     /// The file; `-` reads stdin.
     file: PathBuf,
     /// Default: from the file's extension (.csv; .ndjson, .jsonl).
@@ -62,8 +60,8 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot tell the format of {name:?} from its name: say --format ndjson or csv"))?;
     let (input, size, source) = open(&args)?;
     let options = Options {
-        exchange: args.exchange.clone(),
-        routing_key: args.routing_key.clone(),
+        exchange: args.to.exchange.clone(),
+        routing_key: args.to.routing_key.clone(),
         from_line: args.from_line,
         rate: args.rate,
         strict: args.strict,

@@ -8,16 +8,14 @@ use clap::Args;
 use passerelle::amqp;
 use passerelle::config::Config;
 
-use super::ConfigArg;
+use super::{ConfigArg, Destination};
 
 #[derive(Args)]
 pub struct PublishArgs {
     #[command(flatten)]
     config: ConfigArg,
-    #[arg(long)]
-    exchange: String,
-    #[arg(long, default_value = "")]
-    routing_key: String,
+    #[command(flatten)]
+    to: Destination,
     #[arg(long)]
     message_id: Option<String>,
     #[arg(long, default_value = "application/json")]
@@ -34,12 +32,12 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<u8> {
         properties = properties.with_message_id(id.as_str().into());
     }
     amqp::Publisher::new(connection.clone())
-        .publish(&args.exchange, &args.routing_key, &body, properties)
+        .publish(&args.to.exchange, &args.to.routing_key, &body, properties)
         .await?;
     let _ = connection.close(200, "published".into()).await;
     println!(
         "published to {:?} with routing key {:?}",
-        args.exchange, args.routing_key
+        args.to.exchange, args.to.routing_key
     );
     Ok(0)
 }
