@@ -39,8 +39,9 @@ async fn a_rate_limit_holds_over_a_thousand_messages() {
         "1,000 messages took {span:?} at the server, expected {expected:?} ± 10 %"
     );
     // In any 100 ms: at most the burst plus the 10 tokens the rate adds in
-    // 100 ms (one more for a request on the window's edge); once the burst
-    // is spent, the rate alone.
+    // 100 ms; once the burst is spent, the rate alone. Arrival times carry
+    // the host's scheduling jitter (requests granted apart can arrive
+    // together on a loaded machine): 3 more are allowed for it.
     let most_from = |skip: Duration| {
         times
             .iter()
@@ -55,9 +56,9 @@ async fn a_rate_limit_holds_over_a_thousand_messages() {
             .unwrap()
     };
     let (anywhere, steady) = (most_from(Duration::ZERO), most_from(Duration::from_secs(1)));
-    assert!(anywhere <= 10 + 10 + 1, "{anywhere} requests within 100 ms");
+    assert!(anywhere <= 10 + 10 + 3, "{anywhere} requests within 100 ms");
     assert!(
-        steady <= 10 + 2,
+        steady <= 10 + 3,
         "{steady} requests within 100 ms after the first second"
     );
 }
