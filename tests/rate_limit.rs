@@ -38,29 +38,35 @@ async fn a_rate_limit_holds_over_a_thousand_messages() {
         span.abs_diff(expected) <= expected / 10,
         "1,000 messages took {span:?} at the server, expected {expected:?} ± 10 %"
     );
-    // In any 100 ms: at most the burst plus the 10 tokens the rate adds in
-    // 100 ms; once the burst is spent, the rate alone. Arrival times carry
-    // the host's scheduling jitter (requests granted apart can arrive
-    // together on a loaded machine): 3 more are allowed for it.
-    let most_from = |skip: Duration| {
+    // In any window: at most the burst plus the tokens the rate adds in it;
+    // once the burst is spent, the rate alone. Arrival times at the server
+    // carry scheduling jitter (when CI runs every test at once on two cores,
+    // a stalled server or host lets requests granted apart arrive together),
+    // so a 100 ms window gets a whole burst of slack and a one-second window,
+    // where a stall moves only a few requests, 3. A limiter that let the
+    // queue through unpaced would put hundreds in either. The bucket's fine
+    // grain is proven on a paused clock in `delivery::limiter`.
+    let most_within = |window: Duration, skip: Duration| {
         times
             .iter()
             .filter(|start| **start - times[0] >= skip)
             .map(|start| {
-                times
-                    .iter()
-                    .filter(|t| **t >= *start && **t - *start < Duration::from_millis(100))
-                    .count()
+                let in_window = |t: &&Instant| **t >= *start && **t - *start < window;
+                times.iter().filter(in_window).count()
             })
             .max()
             .unwrap()
     };
-    let (anywhere, steady) = (most_from(Duration::ZERO), most_from(Duration::from_secs(1)));
-    assert!(anywhere <= 10 + 10 + 3, "{anywhere} requests within 100 ms");
-    assert!(
-        steady <= 10 + 3,
-        "{steady} requests within 100 ms after the first second"
-    );
+    let (tenth, second) = (Duration::from_millis(100), Duration::from_secs(1));
+    let checks = [
+        ("within 100 ms", most_within(tenth, Duration::ZERO), 10 + 10 + 10),
+        ("within 100 ms after the first second", most_within(tenth, second), 10 + 10),
+        ("within a second", most_within(second, Duration::ZERO), 10 + 100 + 3),
+        ("within a second after the first", most_within(second, second), 100 + 3),
+    ];
+    for (window, count, bound) in checks {
+        assert!(count <= bound, "{count} requests {window}, more than {bound}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
