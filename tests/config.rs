@@ -195,3 +195,59 @@ fn run_refuses_a_bad_file_before_connecting() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("routes.crm-to-shop.endpoints[0]"), "{stderr}");
 }
+
+/// `good_config` with an ingest server of one webhook and one Salesforce source.
+fn with_ingest() -> String {
+    good_config()
+        + r#"
+ingest:
+  listen: 127.0.0.1:0
+  sources:
+    crm:
+      exchange: crm.events
+      routing_key: "account.{Type}"
+      auth: { hmac_sha256: { secret_env: CONFIG_TEST_TOKEN, header: X-Signature } }
+    salesforce:
+      kind: salesforce_outbound_message
+      exchange: crm.events
+      routing_key: account.updated
+      organization_id: 00D000000000001AAA
+      auth: { query_token: { token_env: CONFIG_TEST_TOKEN } }
+"#
+}
+
+#[test]
+fn a_bad_ingest_source_is_named_with_its_value() {
+    let (output, stderr) = check(&with_ingest());
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+
+    let yaml = with_ingest().replace("      organization_id: 00D000000000001AAA\n", "");
+    assert_refused(&yaml, "ingest.sources.salesforce.organization_id", &["required"]);
+    let yaml = with_ingest().replace("00D000000000001AAA", "00D-1");
+    assert_refused(
+        &yaml,
+        "ingest.sources.salesforce.organization_id",
+        &["\"00D-1\"", "15 or 18"],
+    );
+    let yaml = with_ingest().replace("account.{Type}", "account.{Type");
+    assert_refused(
+        &yaml,
+        "ingest.sources.crm.routing_key",
+        &["unclosed {", "account.{Type"],
+    );
+    let yaml = with_ingest().replace(
+        "      auth: { hmac_sha256: { secret_env: CONFIG_TEST_TOKEN, header: X-Signature } }\n",
+        "",
+    );
+    assert_refused(&yaml, "ingest.sources.crm.auth", &["needs auth"]);
+    let yaml = with_ingest().replace("secret_env: CONFIG_TEST_TOKEN", "secret_env: NOT_SET_ANYWHERE");
+    assert_refused(
+        &yaml,
+        "ingest.sources.crm.auth.hmac_sha256.secret_env",
+        &["NOT_SET_ANYWHERE is not set"],
+    );
+    let yaml = with_ingest().replace("    crm:\n", "    crm/events:\n");
+    assert_refused(&yaml, "ingest.sources.crm/events", &["URL segment"]);
+    let yaml = with_ingest().replace("kind: salesforce_outbound_message", "kind: soap");
+    assert_refused(&yaml, "ingest.sources.salesforce.kind", &["soap"]);
+}

@@ -60,7 +60,11 @@ async fn a_rate_limit_holds_over_a_thousand_messages() {
     let (tenth, second) = (Duration::from_millis(100), Duration::from_secs(1));
     let checks = [
         ("within 100 ms", most_within(tenth, Duration::ZERO), 10 + 10 + 10),
-        ("within 100 ms after the first second", most_within(tenth, second), 10 + 10),
+        (
+            "within 100 ms after the first second",
+            most_within(tenth, second),
+            10 + 10,
+        ),
         ("within a second", most_within(second, Duration::ZERO), 10 + 100 + 3),
         ("within a second after the first", most_within(second, second), 100 + 3),
     ];

@@ -5,8 +5,10 @@
 //! value named.
 
 mod env;
+mod ingest;
 mod validate;
 
+pub use ingest::{Ingest, IngestAuth, IngestSource, SourceKind};
 pub use validate::redact_url;
 
 use std::collections::BTreeMap;
@@ -36,6 +38,8 @@ pub struct Config {
     /// The admin HTTP server; off unless configured.
     pub admin: Option<Admin>,
     pub logging: Logging,
+    /// The ingest HTTP server (webhooks, Salesforce); off unless configured.
+    pub ingest: Option<Ingest>,
 }
 
 /// Where logs go besides stderr.
@@ -377,6 +381,8 @@ struct RawConfig {
     admin: Option<Admin>,
     #[serde(default)]
     logging: Logging,
+    #[serde(default)]
+    ingest: Option<Ingest>,
 }
 
 impl Config {
@@ -439,6 +445,7 @@ impl Config {
             routes: raw.routes,
             admin: raw.admin,
             logging: raw.logging,
+            ingest: raw.ingest,
         };
         for (name, route) in &mut config.routes {
             route.name.clone_from(name);

@@ -2,7 +2,7 @@
 //! route's transform, connects to the broker and declares the topology
 //! (errors there refuse the start), then runs the file watcher, the fleet
 //! listener, one consumer per route and, when configured, the admin
-//! server, until `shutdown`. A lost connection is re-established with
+//! and ingest servers, until `shutdown`. A lost connection is re-established with
 //! backoff (unacked messages are redelivered by the broker); a shutdown
 //! stops consuming and lets the messages in flight finish, within a bound.
 
@@ -19,6 +19,7 @@ use crate::admin;
 use crate::amqp::{self, consumer};
 use crate::config::Config;
 use crate::delivery::Http;
+use crate::ingest::{self, IngestServer};
 use crate::pipeline::Pipeline;
 use crate::reload::{self, Reloader, fleet};
 use crate::routes::{self, RouteHandle};
@@ -42,6 +43,7 @@ pub struct Host {
     shutdown: CancellationToken,
     serving: JoinHandle<anyhow::Result<()>>,
     admin_address: Option<SocketAddr>,
+    ingest: Option<IngestServer>,
 }
 
 impl Host {
@@ -72,12 +74,21 @@ impl Host {
         };
         reload::watch_components(&parts.routes, &parts.reloader, shutdown.clone())?;
         let connection = connect_and_declare(&parts.config).await?;
+        // After the topology is declared, so that the first webhooks find their queues.
+        let ingest = match &parts.config.ingest {
+            Some(settings) => {
+                let stats = parts.stats.clone();
+                Some(ingest::serve(settings, &parts.config.amqp.url, stats, shutdown.clone()).await?)
+            }
+            None => None,
+        };
         let serving = tokio::spawn(serve_until_shutdown(parts.clone(), connection, shutdown.clone()));
         Ok(Self {
             parts,
             shutdown,
             serving,
             admin_address,
+            ingest,
         })
     }
 
@@ -94,15 +105,29 @@ impl Host {
         self.admin_address
     }
 
+    /// Where the ingest server listens, when there is one.
+    pub fn ingest_address(&self) -> Option<SocketAddr> {
+        self.ingest.as_ref().map(|server| server.address)
+    }
+
     /// Cancelling it asks for a clean stop: consumers stop taking
     /// messages, messages in flight finish (up to `amqp.shutdown_grace`).
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 
-    /// Waits until the host has stopped.
+    /// Waits until the host has stopped. The ingest server's requests in
+    /// flight get the same grace as messages: a sender cut off gets no
+    /// acknowledgement, and sends again.
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.serving.await.context("the host's main task panicked")?
+        let served = self.serving.await.context("the host's main task panicked")?;
+        if let Some(ingest) = self.ingest {
+            let grace = self.parts.config.amqp.shutdown_grace;
+            if tokio::time::timeout(grace, ingest.task).await.is_err() {
+                tracing::warn!("the ingest server's requests did not finish within {grace:?}");
+            }
+        }
+        served
     }
 }
 

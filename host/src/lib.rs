@@ -8,6 +8,7 @@ pub mod config;
 pub mod delivery;
 pub mod host;
 pub mod import;
+pub mod ingest;
 pub mod logging;
 pub mod ops;
 pub mod pipeline;

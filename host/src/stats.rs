@@ -95,6 +95,12 @@ struct EndpointLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IngestLabels {
+    source: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     route: String,
     outcome: String,
@@ -115,6 +121,7 @@ pub struct Stats {
     fleet_deploys: Family<RouteLabel, Counter>,
     broker_connected: Gauge,
     connected: AtomicBool,
+    ingested: Family<IngestLabels, Counter>,
 }
 
 /// From 100 µs to about 3 s: a transform takes well under a millisecond,
@@ -138,6 +145,7 @@ impl Default for Stats {
             fleet_deploys: Family::default(),
             broker_connected: Gauge::default(),
             connected: AtomicBool::new(false),
+            ingested: Family::default(),
         };
         stats.register();
         stats
@@ -192,6 +200,12 @@ impl Stats {
             "broker_connected",
             "1 while connected to the broker",
             self.broker_connected.clone(),
+        );
+        r.register(
+            "ingest_messages",
+            "Ingest server, by source and outcome: published (one per message the broker confirmed), \
+             or why a request was refused (unauthorized, too_large, invalid, unavailable; one per request)",
+            self.ingested.clone(),
         );
     }
 
@@ -261,6 +275,15 @@ impl Stats {
 
     pub fn fleet_deploy_applied(&self, route: &str) {
         self.fleet_deploys.get_or_create(&route_label(route)).inc();
+    }
+
+    /// `outcome` is `published` or a refusal class (`unauthorized`…).
+    pub fn ingested(&self, source: &str, outcome: &'static str, count: u64) {
+        let labels = IngestLabels {
+            source: source.to_string(),
+            outcome,
+        };
+        self.ingested.get_or_create(&labels).inc_by(count);
     }
 
     pub fn set_broker_connected(&self, connected: bool) {

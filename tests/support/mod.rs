@@ -530,12 +530,26 @@ impl Host {
     /// The admin server's base URL (`http://127.0.0.1:PORT`), from the log
     /// line that announces it; waits for it.
     pub async fn admin_url(&self) -> String {
-        eventually("the admin server to listen", Duration::from_secs(30), async || {
-            let log = self.log();
-            let start = log.find("admin server on http://")? + "admin server on ".len();
-            let url = log[start..].split_whitespace().next()?;
-            Some(url.trim_end_matches('/').to_string())
-        })
+        self.announced_url("admin server").await
+    }
+
+    /// The ingest server's base URL, the same way.
+    pub async fn ingest_url(&self) -> String {
+        self.announced_url("ingest server").await
+    }
+
+    async fn announced_url(&self, server: &str) -> String {
+        let announcement = format!("{server} on http://");
+        eventually(
+            &format!("the {server} to listen"),
+            Duration::from_secs(30),
+            async || {
+                let log = self.log();
+                let start = log.find(&announcement)? + server.len() + " on ".len();
+                let url = log[start..].split_whitespace().next()?;
+                Some(url.trim_end_matches('/').to_string())
+            },
+        )
         .await
     }
 
@@ -836,19 +850,25 @@ routes:
     }
 }
 
-/// Closes, from the broker's side, the connection of the host with this pid.
+/// Closes, from the broker's side, the consumers' connection of the host with this pid.
 pub fn close_connection_of(pid: u32) {
+    close_connection_named(&format!("passerelle pid {pid}"));
+}
+
+/// Closes, from the broker's side, the connection named exactly `name`.
+pub fn close_connection_named(name: &str) {
     let listing = Command::new("rabbitmqctl")
         .args(["-q", "list_connections", "pid", "client_properties"])
         .output()
         .unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
-    let marker = format!("passerelle pid {pid}");
+    // The name as a whole string ("…" or <<"…">>), not a prefix of another.
+    let quoted = format!("\"{name}\"");
     let connection = listing
         .lines()
-        .find(|line| line.contains(&marker))
+        .find(|line| line.contains(&quoted))
         .and_then(|line| line.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no connection named {marker:?} in:\n{listing}"));
+        .unwrap_or_else(|| panic!("no connection named {name:?} in:\n{listing}"));
     let status = Command::new("rabbitmqctl")
         .args(["-q", "close_connection", connection, "closed by the test"])
         .status()

@@ -28,6 +28,8 @@ pub const DEAD_LETTERED_AT: &str = "x-passerelle-dead-lettered-at";
 pub const FIXTURES: &str = "x-passerelle-fixtures";
 /// The line of the imported file a message came from.
 pub const IMPORT_LINE: &str = "x-passerelle-import-line";
+/// The ingest source (`ingest.sources.<name>`) a message came in through.
+pub const SOURCE: &str = "x-passerelle-source";
 /// W3C trace context: not ours, but carried through.
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -98,6 +100,10 @@ pub fn set_last_reason(headers: &mut FieldTable, reason: &str) {
 
 pub fn set_version(headers: &mut FieldTable, version: &str) {
     set(headers, VERSION, version);
+}
+
+pub fn set_source(headers: &mut FieldTable, source: &str) {
+    set(headers, SOURCE, source);
 }
 
 pub fn set_traceparent(headers: &mut FieldTable, traceparent: &str) {

@@ -27,10 +27,13 @@ pub fn check(config: &mut Config, base: &Path, secrets: Secrets) -> Result<(), P
             return Err(("admin.token_env".into(), problem));
         }
     }
+    if let Some(ingest) = &mut config.ingest {
+        super::ingest::check(ingest, secrets)?;
+    }
     Ok(())
 }
 
-fn secret_from_env(key: &str, variable: &str) -> Result<Secret, Problem> {
+pub(super) fn secret_from_env(key: &str, variable: &str) -> Result<Secret, Problem> {
     std::env::var(variable)
         .map(Secret::new)
         .map_err(|_| (key.to_string(), format!("environment variable {variable} is not set")))
