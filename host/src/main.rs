@@ -7,6 +7,11 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+/// glibc's allocator serialises the worker threads on its arena locks under
+/// load (see docs/benchmarks.md); mimalloc keeps a heap per thread.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     cli::run(cli::Cli::parse())
 }

@@ -67,16 +67,15 @@ impl TraceContext {
     }
 }
 
-/// The `traceparent` header value.
+/// The `traceparent` header value, written in one piece: it is formatted
+/// for every message and every call it makes.
 impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            self.flags
-        )
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&mut text[3..35], &self.trace_id);
+        hex_into(&mut text[36..52], &self.span_id);
+        hex_into(&mut text[53..55], &[self.flags]);
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -92,7 +91,18 @@ fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut text = vec![0; bytes.len() * 2];
+    hex_into(&mut text, bytes);
+    String::from_utf8(text).unwrap_or_default()
+}
+
+/// Lowercase hex digits of `bytes` into `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +116,19 @@ mod tests {
         let context = TraceContext::parse(EXAMPLE).unwrap();
         assert_eq!(context.to_string(), EXAMPLE);
         assert_eq!(context.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn prints_every_digit_and_the_flags() {
+        let context = TraceContext {
+            trace_id: *b"\x01\x23\x45\x67\x89\xab\xcd\xef\xfe\xdc\xba\x98\x76\x54\x32\x10",
+            span_id: [0x0f, 0xf0, 0, 0xff, 0x10, 0x01, 0x7f, 0x80],
+            flags: 0x0a,
+        };
+        assert_eq!(
+            context.to_string(),
+            "00-0123456789abcdeffedcba9876543210-0ff000ff10017f80-0a"
+        );
     }
 
     #[test]
