@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
-use crate::config::{Endpoint, Priority};
+use crate::config::{Endpoint, Priority, redact_url};
 use crate::stats::{BreakerState, Stats};
 use crate::version::Version;
 use auth::Authenticator;
@@ -79,6 +79,8 @@ pub struct Http {
 
 struct EndpointClient {
     config: Endpoint,
+    /// `config.base_url`, parsed once rather than for every call.
+    base_url: reqwest::Url,
     auth: Authenticator,
     breaker: Breaker,
     limiter: Limiter,
@@ -92,15 +94,19 @@ impl Http {
         let endpoints = endpoints
             .iter()
             .map(|(name, config)| {
+                // Checked when the configuration was read; a failure here is a bug.
+                let base_url = reqwest::Url::parse(&config.base_url)
+                    .map_err(|e| anyhow::anyhow!("endpoints.{name}.base_url {}: {e}", redact_url(&config.base_url)))?;
                 let client = EndpointClient {
                     auth: Authenticator::new(config.auth.clone()),
                     breaker: Breaker::new(name, config.breaker),
                     limiter: Limiter::new(config.pace()),
                     config: config.clone(),
+                    base_url,
                 };
-                (name.clone(), client)
+                Ok((name.clone(), client))
             })
-            .collect();
+            .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             client,
             endpoints,
@@ -135,7 +141,7 @@ impl Http {
             .get(operation)
             .ok_or_else(|| DeliveryError::permanent(format!("unknown operation {endpoint}.{operation}")))?;
         let name = format!("{endpoint}.{operation}");
-        let request = build_request(&target.config.base_url, declared, args)
+        let request = build_request(&target.base_url, declared, args)
             .map_err(|problem| DeliveryError::permanent(format!("call to {name}: {problem}")))?;
 
         let permit = target.breaker.acquire().await;

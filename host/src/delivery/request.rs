@@ -4,7 +4,7 @@
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value};
 
-use crate::config::{HttpMethod, Location, Operation};
+use crate::config::{HttpMethod, Location, Operation, redact_url};
 
 /// Everything but the unreserved characters of RFC 3986 is encoded, so a
 /// value can never add a path segment, a query or a separator of ours.
@@ -19,8 +19,13 @@ pub struct Request {
 }
 
 /// Checks the arguments (no unknown parameter, every required one present)
-/// and builds the request. Errors name the parameter.
-pub fn build_request(base_url: &str, operation: &Operation, args: &Map<String, Value>) -> Result<Request, String> {
+/// and builds the request. Errors name the parameter. `base_url` is the
+/// endpoint's, parsed once when the endpoint is set up.
+pub fn build_request(
+    base_url: &reqwest::Url,
+    operation: &Operation,
+    args: &Map<String, Value>,
+) -> Result<Request, String> {
     check_arguments(operation, args)?;
     let mut path = operation.uri.clone();
     let mut query = Vec::new();
@@ -44,9 +49,12 @@ pub fn build_request(base_url: &str, operation: &Operation, args: &Map<String, V
             }
         }
     }
-    let mut url = reqwest::Url::parse(base_url)
-        .and_then(|base| base.join(&path))
-        .map_err(|e| format!("cannot build a URL from {base_url:?} and {path:?}: {e}"))?;
+    let mut url = base_url.join(&path).map_err(|e| {
+        format!(
+            "cannot build a URL from {} and {path:?}: {e}",
+            redact_url(base_url.as_str())
+        )
+    })?;
     if !query.is_empty() {
         url.query_pairs_mut().extend_pairs(&query);
     }
@@ -133,6 +141,10 @@ mod tests {
         }
     }
 
+    fn base(url: &str) -> reqwest::Url {
+        reqwest::Url::parse(url).unwrap()
+    }
+
     fn args(value: Value) -> Map<String, Value> {
         value.as_object().unwrap().clone()
     }
@@ -140,7 +152,7 @@ mod tests {
     #[test]
     fn places_each_argument_where_its_parameter_says() {
         let request = build_request(
-            "http://shop.test/api/",
+            &base("http://shop.test/api/"),
             &upsert_business(),
             &args(
                 json!({"crmId": "gg/11 é", "business": {"name": "E"}, "status": 70, "dryRun": true, "X-Tenant": "eu"}),
@@ -159,11 +171,11 @@ mod tests {
     #[test]
     fn refuses_unknown_and_missing_parameters_by_name() {
         let op = upsert_business();
-        let unknown = build_request("http://s/", &op, &args(json!({"crmId": "1", "colour": "red"})));
+        let unknown = build_request(&base("http://s/"), &op, &args(json!({"crmId": "1", "colour": "red"})));
         assert!(unknown.unwrap_err().contains("unknown parameter \"colour\""));
-        let missing = build_request("http://s/", &op, &args(json!({"status": 70})));
+        let missing = build_request(&base("http://s/"), &op, &args(json!({"status": 70})));
         assert!(missing.unwrap_err().contains("missing required parameter \"crmId\""));
-        let object_in_uri = build_request("http://s/", &op, &args(json!({"crmId": {"a": 1}})));
+        let object_in_uri = build_request(&base("http://s/"), &op, &args(json!({"crmId": {"a": 1}})));
         assert!(object_in_uri.unwrap_err().contains("\"crmId\" must be a string"));
     }
 }
