@@ -16,11 +16,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp;
-use crate::config::Admin;
+use crate::config::{Admin, Secret};
 use crate::host::Parts;
 use crate::ops::{deploy, dlq};
 use crate::reload::{Origin, Refusal, store};
@@ -52,13 +51,13 @@ pub async fn serve(settings: &Admin, parts: Parts, shutdown: CancellationToken) 
 #[derive(Clone)]
 struct AdminState {
     parts: Parts,
-    token: Arc<str>,
+    token: Arc<Secret>,
 }
 
 fn router(settings: &Admin, parts: Parts) -> Router {
     let state = AdminState {
         parts,
-        token: settings.token.expose().into(),
+        token: Arc::new(settings.token.clone()),
     };
     let protected = Router::new()
         .route("/status", get(status))
@@ -95,7 +94,7 @@ async fn require_token(State(state): State<AdminState>, headers: HeaderMap, requ
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if bool::from(given.as_bytes().ct_eq(state.token.as_bytes())) {
+    if state.token.matches(given.as_bytes()) {
         return next.run(request).await;
     }
     let problem = "a bearer token is required (Authorization: Bearer ..., from admin.token_env)";

@@ -354,6 +354,13 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether `given` is this secret, compared in constant time so that
+    /// timing tells a caller nothing about it.
+    pub fn matches(&self, given: &[u8]) -> bool {
+        use subtle::ConstantTimeEq as _;
+        bool::from(given.ct_eq(self.0.as_bytes()))
+    }
 }
 
 impl fmt::Debug for Secret {

@@ -9,11 +9,9 @@ use std::net::SocketAddr;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use super::validate::secret_from_env;
+use super::validate::{Problem, secret_from_env};
 use super::{Secret, Secrets};
 use crate::ingest::template::RoutingKeyTemplate;
-
-type Problem = (String, String);
 
 /// The ingest server: where it listens and what it accepts.
 #[derive(Debug, Clone, Deserialize)]

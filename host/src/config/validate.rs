@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::{Auth, Config, Endpoint, Location, Operation, Route, Secret, Secrets};
 
-type Problem = (String, String);
+pub(super) type Problem = (String, String);
 
 pub fn check(config: &mut Config, base: &Path, secrets: Secrets) -> Result<(), Problem> {
     check_amqp_url(config.amqp.url.expose())?;

@@ -6,7 +6,6 @@
 use axum::http::{HeaderMap, header};
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
-use subtle::ConstantTimeEq as _;
 
 use crate::config::IngestAuth;
 
@@ -21,13 +20,13 @@ pub fn head_allowed(auth: Option<&IngestAuth>, headers: &HeaderMap, query: Optio
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| value.strip_prefix("Bearer "))
                 .unwrap_or_default();
-            equal(given.as_bytes(), token.expose().as_bytes())
+            token.matches(given.as_bytes())
         }
         Some(IngestAuth::QueryToken { parameter, token, .. }) => {
             let given = query
                 .and_then(|query| query_value(query, parameter))
                 .unwrap_or_default();
-            equal(&given, token.expose().as_bytes())
+            token.matches(&given)
         }
     }
 }
@@ -50,10 +49,6 @@ pub fn body_signed(auth: Option<&IngestAuth>, headers: &HeaderMap, body: &[u8]) 
     };
     mac.update(body);
     mac.verify_slice(&signature).is_ok()
-}
-
-fn equal(given: &[u8], expected: &[u8]) -> bool {
-    bool::from(given.ct_eq(expected))
 }
 
 /// The percent-decoded value of `name` in a query string.

@@ -100,6 +100,15 @@ impl Element {
     }
 }
 
+/// Salesforce sends 18-character ids; a configured 15-character one is
+/// the same id without its case-safe suffix.
+pub fn same_organization(configured: &str, received: &str) -> bool {
+    match configured.len() {
+        15 => received.get(..15) == Some(configured),
+        _ => received == configured,
+    }
+}
+
 /// Reads an envelope. The error says what is wrong with it.
 pub fn parse(xml: &str) -> Result<OutboundMessage, String> {
     let root = read_tree(xml)?;
@@ -362,6 +371,14 @@ mod tests {
         }
         let nested = format!("{}x{}", "<a>".repeat(40), "</a>".repeat(40));
         assert!(parse(&nested).unwrap_err().contains("deeper than"));
+    }
+
+    #[test]
+    fn a_15_character_organization_id_matches_its_18_character_form() {
+        assert!(same_organization("00D000000000001", "00D000000000001AAA"));
+        assert!(same_organization("00D000000000001AAA", "00D000000000001AAA"));
+        assert!(!same_organization("00D000000000002AAA", "00D000000000001AAA"));
+        assert!(!same_organization("00D000000000002", "00D000000000001AAA"));
     }
 
     #[test]
