@@ -227,7 +227,21 @@ async fn one_deploy_swaps_every_host_and_rollback_returns_them_all() {
     setup.publish_accounts(30..60).await;
     setup.server.wait_for_calls(60, Duration::from_secs(30)).await;
     let after: Vec<_> = versions_by_account(&setup).into_iter().skip(30).collect();
-    assert!(after.iter().all(|(_, v)| *v == v1), "{after:?}");
+    // On failure, each host's swaps say which one went back to v2, and how.
+    let swaps = |host: &Host| -> Vec<String> {
+        let log = host.log();
+        log.lines()
+            .filter(|line| line.contains("swapped transform"))
+            .map(String::from)
+            .collect()
+    };
+    assert!(
+        after.iter().all(|(_, v)| *v == v1),
+        "{after:?}\nhost A: {:#?}\nhost B: {:#?}\nhost C: {:#?}",
+        swaps(&host_a),
+        swaps(&host_b),
+        swaps(&host_c)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
