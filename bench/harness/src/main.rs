@@ -42,10 +42,12 @@ struct Settings {
     contestants: Vec<Contestant>,
     /// Start-up, transform cost and swap; skipped with `--only`.
     extras: bool,
+    /// `--only transform`: the transform's cost alone, no contestant.
+    transform_only: bool,
     profile: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: passerelle-bench [--long] [--messages N] [--rounds N] [--only bare,native,node,passerelle] \
+const USAGE: &str = "usage: passerelle-bench [--long] [--messages N] [--rounds N] [--only bare,native,node,passerelle|transform] \
                      [--profile DIR]";
 
 impl Settings {
@@ -56,6 +58,7 @@ impl Settings {
             concurrency: 64,
             contestants: Contestant::ALL.to_vec(),
             extras: true,
+            transform_only: false,
             profile: None,
         };
         let mut args = args.peekable();
@@ -67,8 +70,12 @@ impl Settings {
                 "--rounds" => settings.rounds = value()?.parse()?,
                 "--only" => {
                     let keys = value()?;
-                    settings.contestants = keys.split(',').map(Contestant::parse).collect::<Result<_, _>>()?;
                     settings.extras = false;
+                    if keys == "transform" {
+                        (settings.contestants, settings.transform_only) = (Vec::new(), true);
+                        continue;
+                    }
+                    settings.contestants = keys.split(',').map(Contestant::parse).collect::<Result<_, _>>()?;
                 }
                 "--profile" => settings.profile = Some(PathBuf::from(value()?)),
                 _ => bail!("unknown argument {flag:?}\n{USAGE}"),
@@ -167,8 +174,10 @@ async fn measure(settings: &Settings, broker: &Broker, work: &Path) -> anyhow::R
         );
     }
     report.samples = rounds(&arena, settings).await?;
-    if settings.extras {
+    if settings.extras || settings.transform_only {
         report.transform = Some(transform::measure(&arena.native, &passerelle.config, settings.rounds).await?);
+    }
+    if settings.extras {
         let log = arena.logs.join("swap.log");
         report.swaps = passerelle.swaps(broker, &server, settings.rounds, &log).await?;
     }
@@ -179,6 +188,9 @@ async fn measure(settings: &Settings, broker: &Broker, work: &Path) -> anyhow::R
 /// round so that none always follows the same neighbour.
 async fn rounds(arena: &Arena<'_>, settings: &Settings) -> anyhow::Result<Vec<(Contestant, Vec<Sample>)>> {
     let mut samples: Vec<(Contestant, Vec<Sample>)> = settings.contestants.iter().map(|&c| (c, Vec::new())).collect();
+    if samples.is_empty() {
+        return Ok(samples);
+    }
     for round in 1..=settings.rounds {
         let mut order = settings.contestants.clone();
         let shift = (round - 1) % order.len();
