@@ -59,7 +59,7 @@ use serde::de::DeserializeOwned;
 #[allow(clippy::too_many_arguments)] // generated code: the lowered ABI of `transform`
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../../wit",
         world: "transform",
         // `transform!` expands in the partner's crate, so the export macro
         // must be public and must find the types through this crate.
