@@ -230,8 +230,9 @@ macro_rules! transform {
 #[doc(hidden)]
 pub fn __run(function: fn(Message) -> Result<Vec<Action>, Failure>, msg: Message) -> Result<Vec<Action>, Failure> {
     static PANIC_HOOK: std::sync::Once = std::sync::Once::new();
-    // A panic traps the component; its message would otherwise go to a
-    // stderr the host may not keep. The host's log is where it is read.
+    // A panic traps the component (`panic = "abort"`). Its last words go to
+    // the host's log at error level, which the host puts in the failure's
+    // reason (the contract on `log` in wit/transform.wit).
     PANIC_HOOK.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
             let message = info.payload_as_str().unwrap_or("(no message)");
