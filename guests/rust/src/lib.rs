@@ -4,7 +4,9 @@
 //! the actions the host performs (HTTP calls to declared operations, or
 //! publishes). This crate holds the bindings to the `passerelle:transform`
 //! world (`wit/transform.wit`) plus the helpers every transform needs: decode
-//! the JSON body, read the route's configuration, build calls, log.
+//! the JSON body, read the route's configuration, build calls and publishes,
+//! log. The JavaScript and Python SDKs (`guests/js`, `guests/python`) offer
+//! the same helpers, with the same reject reasons.
 //!
 //! A transform is one function and one macro:
 //!
@@ -131,6 +133,23 @@ pub fn call(endpoint: &str, operation: &str, args: &impl Serialize) -> Result<Ac
         operation: operation.to_owned(),
         args,
     }))
+}
+
+/// A message to publish on `exchange` with `routing_key` (with publisher
+/// confirms), carrying `body` as it is and `headers` as (name, value) pairs.
+pub fn publish(exchange: &str, routing_key: &str, body: impl Into<Vec<u8>>, headers: &[(&str, &str)]) -> Action {
+    Action::Publish(Publish {
+        exchange: exchange.to_owned(),
+        routing_key: routing_key.to_owned(),
+        body: body.into(),
+        headers: headers
+            .iter()
+            .map(|&(name, value)| Header {
+                name: name.to_owned(),
+                value: value.to_owned(),
+            })
+            .collect(),
+    })
 }
 
 /// Decodes `bytes` as JSON into `T`. The error names `what` was decoded, the
@@ -344,6 +363,18 @@ mod tests {
         };
         assert_eq!((c.endpoint.as_str(), c.operation.as_str()), ("shop", "upsertBusiness"));
         assert_eq!(c.args, r#"{"crmId":"gg-11"}"#);
+    }
+
+    #[test]
+    fn publish_carries_body_and_headers() {
+        let Action::Publish(p) = publish("events", "crm.account", "{}", &[("x-source", "crm")]) else {
+            panic!("not a publish");
+        };
+        assert_eq!((p.exchange.as_str(), p.routing_key.as_str()), ("events", "crm.account"));
+        assert_eq!(
+            (p.body, p.headers[0].name.as_str(), p.headers[0].value.as_str()),
+            (b"{}".to_vec(), "x-source", "crm")
+        );
     }
 
     #[test]
