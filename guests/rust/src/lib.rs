@@ -4,7 +4,9 @@
 //! the actions the host performs (HTTP calls to declared operations, or
 //! publishes). This crate holds the bindings to the `passerelle:transform`
 //! world (`wit/transform.wit`) plus the helpers every transform needs: decode
-//! the JSON body, read the route's configuration, build calls, log.
+//! the JSON body, read the route's configuration, build calls and publishes,
+//! log. The JavaScript and Python SDKs (`guests/js`, `guests/python`) offer
+//! the same helpers, with the same reject reasons.
 //!
 //! A transform is one function and one macro:
 //!
@@ -59,7 +61,7 @@ use serde::de::DeserializeOwned;
 #[allow(clippy::too_many_arguments)] // generated code: the lowered ABI of `transform`
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../../wit",
         world: "transform",
         // `transform!` expands in the partner's crate, so the export macro
         // must be public and must find the types through this crate.
@@ -131,6 +133,23 @@ pub fn call(endpoint: &str, operation: &str, args: &impl Serialize) -> Result<Ac
         operation: operation.to_owned(),
         args,
     }))
+}
+
+/// A message to publish on `exchange` with `routing_key` (with publisher
+/// confirms), carrying `body` as it is and `headers` as (name, value) pairs.
+pub fn publish(exchange: &str, routing_key: &str, body: impl Into<Vec<u8>>, headers: &[(&str, &str)]) -> Action {
+    Action::Publish(Publish {
+        exchange: exchange.to_owned(),
+        routing_key: routing_key.to_owned(),
+        body: body.into(),
+        headers: headers
+            .iter()
+            .map(|&(name, value)| Header {
+                name: name.to_owned(),
+                value: value.to_owned(),
+            })
+            .collect(),
+    })
 }
 
 /// Decodes `bytes` as JSON into `T`. The error names `what` was decoded, the
@@ -230,8 +249,9 @@ macro_rules! transform {
 #[doc(hidden)]
 pub fn __run(function: fn(Message) -> Result<Vec<Action>, Failure>, msg: Message) -> Result<Vec<Action>, Failure> {
     static PANIC_HOOK: std::sync::Once = std::sync::Once::new();
-    // A panic traps the component; its message would otherwise go to a
-    // stderr the host may not keep. The host's log is where it is read.
+    // A panic traps the component (`panic = "abort"`). Its last words go to
+    // the host's log at error level, which the host puts in the failure's
+    // reason (the contract on `log` in wit/transform.wit).
     PANIC_HOOK.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
             let message = info.payload_as_str().unwrap_or("(no message)");
@@ -343,6 +363,18 @@ mod tests {
         };
         assert_eq!((c.endpoint.as_str(), c.operation.as_str()), ("shop", "upsertBusiness"));
         assert_eq!(c.args, r#"{"crmId":"gg-11"}"#);
+    }
+
+    #[test]
+    fn publish_carries_body_and_headers() {
+        let Action::Publish(p) = publish("events", "crm.account", "{}", &[("x-source", "crm")]) else {
+            panic!("not a publish");
+        };
+        assert_eq!((p.exchange.as_str(), p.routing_key.as_str()), ("events", "crm.account"));
+        assert_eq!(
+            (p.body, p.headers[0].name.as_str(), p.headers[0].value.as_str()),
+            (b"{}".to_vec(), "x-source", "crm")
+        );
     }
 
     #[test]
