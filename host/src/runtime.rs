@@ -50,9 +50,11 @@ pub struct PoolSize {
 }
 
 /// Bounds per component: generous for the toolchains we know (a Rust
-/// wasip2 component has about 3 core instances, 1 memory, 2 tables), and
-/// what the pool multiplies by its instances.
-const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+/// wasip2 component has about 3 core instances, 1 memory, 2 tables; a
+/// componentize-js one 3 core instances and a table of about 7,700
+/// elements; a componentize-py one 14 core instances), and what the pool
+/// multiplies by its instances.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 const MEMORIES_PER_COMPONENT: u32 = 2;
 const TABLES_PER_COMPONENT: u32 = 8;
 /// What stays mapped in a freed slot, so the next instance in it does not

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::RouteContext;
 use crate::version::Version;
@@ -62,8 +62,13 @@ pub struct GuestState {
 impl GuestState {
     pub fn new(route: &RouteContext, version: &Version) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        // Nothing is granted: no preopens, no env, no args, no sockets, no stdin.
-        let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
+        // Nothing is granted: no preopens, no env, no args, no sockets, no
+        // stdin, and a stopped clock.
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .wall_clock(StoppedClock)
+            .monotonic_clock(StoppedClock)
+            .build();
         Self {
             wasi,
             table: ResourceTable::new(),
@@ -104,13 +109,15 @@ impl types::Host for GuestState {}
 
 impl host::Host for GuestState {
     fn log(&mut self, level: host::Level, message: String) -> wasmtime::Result<()> {
+        let message = truncate(&message, MAX_LOG_LINE);
+        // Kept even past the line cap: a guest that logged a lot and then
+        // crashed still has its last words in the dead letter.
+        if level == host::Level::Error {
+            self.last_error_log = Some(message.to_string());
+        }
         self.log_lines += 1;
         if self.log_lines > MAX_LOG_LINES {
             return Ok(());
-        }
-        let message = truncate(&message, MAX_LOG_LINE);
-        if level == host::Level::Error {
-            self.last_error_log = Some(message.to_string());
         }
         let (route, version) = (self.route.as_str(), self.version.as_str());
         match level {
@@ -125,6 +132,33 @@ impl host::Host for GuestState {
 
     fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
         Ok(self.config.get(&key).cloned())
+    }
+}
+
+/// The clock a guest sees: stopped at the Unix epoch (1970-01-01T00:00:00Z).
+/// A transform is a function of its message, so that a replay or a
+/// redelivery gives the same actions; a time it needs comes with the
+/// message (a header, a field of the body). Nor does the host's clock
+/// tell a guest anything about the machine.
+struct StoppedClock;
+
+impl HostWallClock for StoppedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for StoppedClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+
+    fn now(&self) -> u64 {
+        0
     }
 }
 
@@ -181,4 +215,20 @@ fn truncate(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use host::Host as _;
+
+    #[test]
+    fn the_last_error_line_is_kept_past_the_line_cap() {
+        let mut state = GuestState::new(&RouteContext::default(), &Version::of(b"guest"));
+        for n in 0..=MAX_LOG_LINES {
+            state.log(host::Level::Info, format!("line {n}")).unwrap();
+        }
+        state.log(host::Level::Error, "ValueError: boom".into()).unwrap();
+        assert_eq!(state.last_words().as_deref(), Some("ValueError: boom"));
+    }
 }

@@ -2,7 +2,7 @@
 runs on and reports each outcome as the args of one call (fixture.report),
 so host tests can assert that nothing was reachable:
 
-    {"file": "error: ...", "env": null, "socket": "error: ...", "clock": 1.7e9, "random": [..]}
+    {"file": "error: ...", "env": null, "socket": "error: ...", "clock": 0.0, "random": [..]}
 
 A Python component imports WASI (files, environment, sockets, clocks,
 random): what it reaches is what the host's WASI context grants. With
