@@ -277,3 +277,49 @@ async fn the_host_survives_hostile_guests() {
         assert_eq!(actions.len(), 1, "after {hostile}");
     }
 }
+
+#[test]
+fn passerelle_test_gives_a_line_per_case_a_diff_for_a_failure_and_exit_14() {
+    // The fixtures beside the shipped component, found without naming them.
+    let output = passerelle().arg("test").arg(transform("crm-to-shop")).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{text}{}", stderr(&output));
+    assert_eq!(text.lines().filter(|l| l.starts_with("pass  ")).count(), 4, "{text}");
+    assert!(text.contains("\nok: 4 passed, 0 failed, of 4 in "), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = dir.path().join("wrong.json");
+    let expected_args =
+        json!({"crmId": "gg-11", "business": {"name": "Eleven Labs"}, "status": 71, "country": {"id": 76}});
+    let cases = json!([
+        {"name": "a wrong status", "message": {"body": CRM_ACCOUNT},
+         "expect": {"actions": [{"type": "call", "endpoint": "shop", "operation": "upsertBusiness", "args": expected_args}]}},
+        {"name": "bad JSON", "message": {"body": "{oops"}, "expect": {"reject": "not JSON"}}
+    ]);
+    std::fs::write(&fixtures, cases.to_string()).unwrap();
+    let output = passerelle()
+        .arg("test")
+        .arg(transform("crm-to-shop"))
+        .arg(&fixtures)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(14), "{text}{}", stderr(&output));
+    assert!(text.contains("FAIL  a wrong status\n"), "{text}");
+    assert!(text.contains("pass  bad JSON\n"), "{text}");
+    // Only the field that differs is marked.
+    let marked: Vec<String> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(['-', '+']))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        marked,
+        ["--- expected", "+++ got", r#"- "status": 71"#, r#"+ "status": 70"#],
+        "{text}"
+    );
+    assert!(
+        text.ends_with(&format!("FAILED: 1 passed, 1 failed, of 2 in {}\n", fixtures.display())),
+        "{text}"
+    );
+}

@@ -8,6 +8,7 @@ mod dlq;
 mod import;
 mod publish;
 mod run;
+mod test;
 mod transform;
 
 use std::path::PathBuf;
@@ -49,6 +50,10 @@ enum Command {
     /// (crash, time or memory limit), 13 not a valid component, 14 a
     /// fixture failed (with --fixtures).
     Transform(transform::TransformArgs),
+    /// Run a component's fixtures: a pass or FAIL line per case, with a
+    /// diff of the expected and the actual outcome, and a summary. Exit
+    /// 14 when a case fails, 13 for a component that is not valid.
+    Test(test::TestArgs),
     /// Check a component against the passerelle:transform world, or a whole
     /// configuration file and the components it names, without connecting.
     Check(check::CheckArgs),
@@ -98,6 +103,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Transform(args) => transform::transform(args).await,
+            Command::Test(args) => test::test(args).await,
             Command::Check(args) => check::check(args).await,
             Command::Run(config) => run::run(&config.path, format).await,
             Command::Publish(args) => publish::publish(args).await,

@@ -13,7 +13,9 @@ mod watch;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use fixtures::{Expected, Fixture, check_fixtures, fixtures_beside, fixtures_path, parse_fixtures};
+pub use fixtures::{
+    Expected, Fixture, Mismatch, Verdict, check_fixtures, fixtures_beside, fixtures_path, parse_fixtures, run_fixtures,
+};
 pub use watch::watch_components;
 
 use crate::routes::{RouteHandle, Source};

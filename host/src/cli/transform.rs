@@ -38,7 +38,7 @@ pub struct TransformArgs {
 }
 
 #[derive(Args)]
-struct LimitArgs {
+pub struct LimitArgs {
     /// Time the transform gets per message.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     time_limit: std::time::Duration,
@@ -47,7 +47,16 @@ struct LimitArgs {
     memory_limit: bytesize::ByteSize,
 }
 
-fn parse_pair(text: &str) -> Result<(String, String), String> {
+impl LimitArgs {
+    pub fn guest(&self) -> GuestLimits {
+        GuestLimits {
+            time: self.time_limit,
+            memory: self.memory_limit.as_u64() as usize,
+        }
+    }
+}
+
+pub fn parse_pair(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!("expected KEY=VALUE, got {text:?}")),
@@ -63,10 +72,7 @@ pub async fn transform(args: TransformArgs) -> anyhow::Result<u8> {
     let route = RouteContext {
         route: "cli".into(),
         config: Arc::new(args.config.into_iter().collect()),
-        limits: GuestLimits {
-            time: args.limits.time_limit,
-            memory: args.limits.memory_limit.as_u64() as usize,
-        },
+        limits: args.limits.guest(),
     };
     if let Some(path) = &args.fixtures {
         return check_fixtures(&runtime, &transform, &route, path).await;

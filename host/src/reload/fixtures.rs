@@ -49,6 +49,52 @@ pub fn parse_fixtures(text: &str, origin: &str) -> Result<Vec<Fixture>, String> 
         .map_err(|e| format!("fixtures {origin}: {}: {}", e.path(), e.inner()))
 }
 
+/// How one fixture came out.
+#[derive(Debug)]
+pub struct Verdict {
+    pub name: String,
+    /// None when the outcome was the expected one.
+    pub mismatch: Option<Mismatch>,
+}
+
+/// An expected outcome and the one that came, each as JSON
+/// (`{"actions": [..]}`, `{"reject": ".."}`…) so they can be shown side by
+/// side; a failure matches when its reason contains the expected text.
+#[derive(Debug, PartialEq)]
+pub struct Mismatch {
+    pub expected: serde_json::Value,
+    pub got: serde_json::Value,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "expected {}, got {}",
+            describe(&self.expected, " containing"),
+            describe(&self.got, ":")
+        )
+    }
+}
+
+/// Runs every fixture through a fresh instance, in order.
+pub async fn run_fixtures(
+    runtime: &Runtime,
+    transform: &Transform,
+    route: &RouteContext,
+    fixtures: &[Fixture],
+) -> Vec<Verdict> {
+    let mut verdicts = Vec::with_capacity(fixtures.len());
+    for fixture in fixtures {
+        let outcome = runtime.run(transform, route, &fixture.message).await;
+        verdicts.push(Verdict {
+            name: fixture.name.clone(),
+            mismatch: mismatch(&fixture.expect, &outcome),
+        });
+    }
+    verdicts
+}
+
 /// Runs every fixture; the error lists each one that failed and how.
 pub async fn check_fixtures(
     runtime: &Runtime,
@@ -56,13 +102,11 @@ pub async fn check_fixtures(
     route: &RouteContext,
     fixtures: &[Fixture],
 ) -> Result<(), String> {
-    let mut failures = Vec::new();
-    for fixture in fixtures {
-        let outcome = runtime.run(transform, route, &fixture.message).await;
-        if let Some(problem) = mismatch(&fixture.expect, &outcome) {
-            failures.push(format!("fixture {:?}: {problem}", fixture.name));
-        }
-    }
+    let failures: Vec<String> = run_fixtures(runtime, transform, route, fixtures)
+        .await
+        .into_iter()
+        .filter_map(|verdict| Some(format!("fixture {:?}: {}", verdict.name, verdict.mismatch?)))
+        .collect();
     if failures.is_empty() {
         Ok(())
     } else {
@@ -70,11 +114,7 @@ pub async fn check_fixtures(
     }
 }
 
-fn mismatch(expected: &Expected, outcome: &Result<Vec<Action>, TransformFailure>) -> Option<String> {
-    let got = || match outcome {
-        Ok(actions) => format!("actions {}", serde_json::to_string(actions).unwrap_or_default()),
-        Err(failure) => failure.to_string(),
-    };
+fn mismatch(expected: &Expected, outcome: &Result<Vec<Action>, TransformFailure>) -> Option<Mismatch> {
     let matches = match (expected, outcome) {
         (Expected::Actions(want), Ok(actions)) => want == actions,
         (Expected::Reject(text), Err(TransformFailure::Reject(reason)))
@@ -82,15 +122,29 @@ fn mismatch(expected: &Expected, outcome: &Result<Vec<Action>, TransformFailure>
         | (Expected::Trap(text), Err(TransformFailure::Trap(reason))) => reason.contains(text.as_str()),
         _ => false,
     };
-    (!matches).then(|| format!("expected {}, got {}", describe(expected), got()))
+    let expected = match expected {
+        Expected::Actions(actions) => serde_json::json!({ "actions": actions }),
+        Expected::Reject(text) => serde_json::json!({ "reject": text }),
+        Expected::Retry(text) => serde_json::json!({ "retry": text }),
+        Expected::Trap(text) => serde_json::json!({ "trap": text }),
+    };
+    let got = match outcome {
+        Ok(actions) => serde_json::json!({ "actions": actions }),
+        Err(TransformFailure::Reject(reason)) => serde_json::json!({ "reject": reason }),
+        Err(TransformFailure::Retry(reason)) => serde_json::json!({ "retry": reason }),
+        Err(TransformFailure::Trap(reason)) => serde_json::json!({ "trap": reason }),
+    };
+    (!matches).then_some(Mismatch { expected, got })
 }
 
-fn describe(expected: &Expected) -> String {
-    match expected {
-        Expected::Actions(actions) => format!("actions {}", serde_json::to_string(actions).unwrap_or_default()),
-        Expected::Reject(text) => format!("a reject containing {text:?}"),
-        Expected::Retry(text) => format!("a retry containing {text:?}"),
-        Expected::Trap(text) => format!("a trap containing {text:?}"),
+/// `actions [..]`, or `a reject{joiner} "text"`.
+fn describe(outcome: &serde_json::Value, joiner: &str) -> String {
+    let Some((kind, value)) = outcome.as_object().and_then(|o| o.iter().next()) else {
+        return outcome.to_string();
+    };
+    match value {
+        serde_json::Value::String(text) => format!("a {kind}{joiner} {text:?}"),
+        actions => format!("{kind} {actions}"),
     }
 }
 
@@ -125,6 +179,15 @@ mod tests {
             None
         );
         let problem = mismatch(&expected, &Ok(vec![])).unwrap();
-        assert_eq!(problem, "expected a reject containing \"CLIENT_GONE\", got actions []");
+        assert_eq!(
+            problem.to_string(),
+            "expected a reject containing \"CLIENT_GONE\", got actions []"
+        );
+        let problem = mismatch(&expected, &Err(TransformFailure::Trap("crashed".into()))).unwrap();
+        assert_eq!(
+            problem.to_string(),
+            "expected a reject containing \"CLIENT_GONE\", got a trap: \"crashed\""
+        );
+        assert_eq!(problem.got, serde_json::json!({"trap": "crashed"}));
     }
 }
