@@ -44,11 +44,13 @@ struct Settings {
     extras: bool,
     /// `--only transform`: the transform's cost alone, no contestant.
     transform_only: bool,
+    /// The crm-to-shop build Passerelle runs: `--guest rust|js|python`.
+    guest: &'static str,
     profile: Option<PathBuf>,
 }
 
 const USAGE: &str = "usage: passerelle-bench [--long] [--messages N] [--rounds N] [--only bare,native,node,passerelle|transform] \
-                     [--profile DIR]";
+                     [--profile DIR] [--guest rust|js|python]";
 
 impl Settings {
     fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Self> {
@@ -59,6 +61,7 @@ impl Settings {
             contestants: Contestant::ALL.to_vec(),
             extras: true,
             transform_only: false,
+            guest: "crm-to-shop",
             profile: None,
         };
         let mut args = args.peekable();
@@ -78,6 +81,14 @@ impl Settings {
                     settings.contestants = keys.split(',').map(Contestant::parse).collect::<Result<_, _>>()?;
                 }
                 "--profile" => settings.profile = Some(PathBuf::from(value()?)),
+                "--guest" => {
+                    settings.guest = match value()?.as_str() {
+                        "rust" => "crm-to-shop",
+                        "js" => "crm-to-shop-js",
+                        "python" => "crm-to-shop-py",
+                        other => bail!("--guest is rust, js or python, not {other:?}\n{USAGE}"),
+                    }
+                }
                 _ => bail!("unknown argument {flag:?}\n{USAGE}"),
             }
         }
@@ -138,6 +149,7 @@ async fn measure(settings: &Settings, broker: &Broker, work: &Path) -> anyhow::R
         &passerelle_dir,
         server.port,
         settings.concurrency,
+        settings.guest,
     )
     .await?;
     let node_dir = repo().join("bench/node");
@@ -162,8 +174,8 @@ async fn measure(settings: &Settings, broker: &Broker, work: &Path) -> anyhow::R
         ],
     };
     println!(
-        "passerelle-bench: {} persistent messages x {} round(s), {} in flight, interleaved",
-        settings.messages, settings.rounds, settings.concurrency
+        "passerelle-bench: {} persistent messages x {} round(s), {} in flight, interleaved; Passerelle runs {}.wasm",
+        settings.messages, settings.rounds, settings.concurrency, settings.guest
     );
     let mut report = Report::new(settings.messages, settings.rounds, settings.concurrency);
     if settings.extras {

@@ -41,6 +41,8 @@ pub struct Passerelle {
 impl Passerelle {
     /// Copies the shipped transforms (and their fixtures) into `dir`,
     /// writes the configuration there and declares its broker objects.
+    /// `guest` is the crm-to-shop build the route runs: `crm-to-shop` (Rust),
+    /// `crm-to-shop-js` or `crm-to-shop-py`.
     pub async fn prepare(
         broker: &Broker,
         bin: &Path,
@@ -48,14 +50,15 @@ impl Passerelle {
         dir: &Path,
         server_port: u16,
         concurrency: u16,
+        guest: &str,
     ) -> anyhow::Result<Self> {
-        for file in [
-            "crm-to-shop.wasm",
-            "crm-to-shop.fixtures.json",
-            "shop-to-crm.wasm",
-            "shop-to-crm.fixtures.json",
+        for (source, file) in [
+            (format!("{guest}.wasm"), "crm-to-shop.wasm"),
+            (format!("{guest}.fixtures.json"), "crm-to-shop.fixtures.json"),
+            ("shop-to-crm.wasm".into(), "shop-to-crm.wasm"),
+            ("shop-to-crm.fixtures.json".into(), "shop-to-crm.fixtures.json"),
         ] {
-            let from = transforms.join(file);
+            let from = transforms.join(source);
             std::fs::copy(&from, dir.join(file))
                 .with_context(|| format!("{}: run scripts/build-transforms first", from.display()))?;
         }
