@@ -22,7 +22,7 @@ use crate::amqp;
 use crate::config::{Admin, Secret};
 use crate::host::Parts;
 use crate::ops::{deploy, dlq};
-use crate::reload::{Origin, Refusal, store};
+use crate::reload::{Origin, Refusal};
 use crate::routes::RouteHandle;
 use crate::stats::BreakerState;
 
@@ -268,9 +268,6 @@ async fn upload(
         .try_swap(&route, component.clone(), fixtures.as_deref(), Origin::Upload)
         .await
         .map_err(refused)?;
-    if let Err(error) = store(&route, &component, fixtures.as_deref()) {
-        tracing::error!(route = %name, "uploaded {version} but could not store it: {error:#}");
-    }
     Ok(Json(
         json!({"route": name, "version": version.as_str(), "previous": previous.as_str()}),
     ))

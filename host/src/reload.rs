@@ -67,6 +67,12 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// A deploy or an upload is written to the route's file, so that a
+    /// restart and the file watcher agree with what was swapped in.
+    fn is_stored(&self) -> bool {
+        !matches!(self, Self::File(_))
+    }
+
     fn source(&self) -> Source {
         match self {
             Self::File(_) => Source::File,
@@ -93,8 +99,10 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Validates a candidate for `route` and swaps it in, or logs why not.
-    /// Returns the version the route now runs.
+    /// Validates a candidate for `route` and swaps it in (a deploy or an
+    /// upload is also stored in the route's file), or logs why not.
+    /// Returns the version the route now runs. Swaps of one route run one
+    /// at a time.
     pub async fn try_swap(
         &self,
         route: &RouteHandle,
@@ -102,13 +110,14 @@ impl Reloader {
         fixtures: Option<&str>,
         origin: Origin,
     ) -> Result<Version, Refusal> {
+        let _one_at_a_time = route.swaps.lock().await;
         let current = route.slot.current().version.clone();
         let candidate = Version::of(&bytes);
-        if candidate == current {
+        if candidate == current || is_stale(route, &bytes, &origin).await {
             return Ok(current);
         }
         let origin_text = origin.describe();
-        match validate(&self.runtime, bytes, &route.context, fixtures).await {
+        match validate(&self.runtime, bytes.clone(), &route.context, fixtures).await {
             Ok(transform) => {
                 let old = route.install(transform, origin.source());
                 self.stats.reloaded(&route.name, true);
@@ -116,6 +125,11 @@ impl Reloader {
                     route = %route.name, old = %old.version, new = %candidate,
                     "swapped transform {} -> {candidate} ({origin_text})", old.version
                 );
+                if origin.is_stored()
+                    && let Err(error) = store(route, &bytes, fixtures)
+                {
+                    tracing::error!(route = %route.name, "swapped in {candidate} but could not store it: {error:#}");
+                }
                 Ok(candidate)
             }
             Err(refusal) => {
@@ -130,10 +144,24 @@ impl Reloader {
     }
 }
 
+/// A file candidate read before a newer one was stored (by a deploy or an
+/// upload that took the lock first) is stale: the file's latest bytes are
+/// what the route runs, and installing the older ones would undo it.
+async fn is_stale(route: &RouteHandle, bytes: &[u8], origin: &Origin) -> bool {
+    let Origin::File(path) = origin else {
+        return false;
+    };
+    let stale = tokio::fs::read(path).await.is_ok_and(|now| now != bytes);
+    if stale {
+        tracing::debug!(route = %route.name, "{} changed since it was read; its latest bytes come next", path.display());
+    }
+    stale
+}
+
 /// Stores a component and its fixtures where the route reads them, so a
 /// restart and the file watcher agree with what was swapped in. Stale
 /// fixtures must not stay beside a component that came without any.
-pub fn store(route: &RouteHandle, component: &[u8], fixtures: Option<&str>) -> anyhow::Result<()> {
+fn store(route: &RouteHandle, component: &[u8], fixtures: Option<&str>) -> anyhow::Result<()> {
     let path = &route.path;
     write_atomically(path, component, 0o644)?;
     match fixtures {

@@ -42,6 +42,10 @@ pub struct RouteHandle {
     pub context: RouteContext,
     pub route: Route,
     loaded: Mutex<Loaded>,
+    /// One swap of this route at a time (`Reloader::try_swap`), so that a
+    /// file reload that read the file before a deploy stored a newer
+    /// version cannot install the older bytes after it.
+    pub swaps: tokio::sync::Mutex<()>,
 }
 
 impl RouteHandle {
@@ -56,6 +60,7 @@ impl RouteHandle {
                 source,
                 at: SystemTime::now(),
             }),
+            swaps: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -18,7 +18,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
-use super::{Origin, Reloader, store};
+use super::{Origin, Reloader};
 use crate::amqp::{Publisher, headers};
 use crate::routes::RouteHandle;
 use crate::version::Version;
@@ -253,8 +253,8 @@ pub async fn listen(
     }
 }
 
-/// Validates a deployment, stores it where the route reads its component
-/// (so a restart and the file watcher agree), and swaps it in.
+/// Validates a deployment and swaps it in (`try_swap` stores it where the
+/// route reads its component).
 async fn install(reloader: &Reloader, route: &RouteHandle, deployment: Deployment, origin: fn(Version) -> Origin) {
     if deployment.version == route.slot.current().version {
         return;
@@ -269,7 +269,4 @@ async fn install(reloader: &Reloader, route: &RouteHandle, deployment: Deploymen
         return;
     }
     reloader.stats.fleet_deploy_applied(&route.name);
-    if let Err(error) = store(route, &deployment.component, fixtures) {
-        tracing::error!(route = %route.name, "deployed {} but could not store it: {error:#}", deployment.version);
-    }
 }
