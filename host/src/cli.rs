@@ -6,6 +6,7 @@ mod check;
 mod deploy;
 mod dlq;
 mod import;
+mod new;
 mod publish;
 mod run;
 mod test;
@@ -54,6 +55,9 @@ enum Command {
     /// diff of the expected and the actual outcome, and a summary. Exit
     /// 14 when a case fails, 13 for a component that is not valid.
     Test(test::TestArgs),
+    /// Write a new transform project (source, fixtures, build, README) in
+    /// Rust, JavaScript or Python, ready to build outside this repository.
+    New(new::NewArgs),
     /// Check a component against the passerelle:transform world, or a whole
     /// configuration file and the components it names, without connecting.
     Check(check::CheckArgs),
@@ -104,6 +108,7 @@ pub fn run(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Transform(args) => transform::transform(args).await,
             Command::Test(args) => test::test(args).await,
+            Command::New(args) => new::new(args).await,
             Command::Check(args) => check::check(args).await,
             Command::Run(config) => run::run(&config.path, format).await,
             Command::Publish(args) => publish::publish(args).await,

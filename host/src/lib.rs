@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod reload;
 pub mod routes;
 pub mod runtime;
+pub mod scaffold;
 pub mod stats;
 pub mod trace;
 pub mod version;
