@@ -118,9 +118,17 @@ mod tests {
         };
         let text = report(&verdict);
         assert!(text.starts_with("FAIL  status\n"), "{text}");
-        assert!(text.contains("-         \"status\": 70,\n"), "{text}");
-        assert!(text.contains("+         \"status\": 71,\n"), "{text}");
-        assert!(text.contains("          \"name\": \"x\"\n"), "{text}");
+        let marked: Vec<String> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with(['-', '+']))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            marked,
+            ["--- expected", "+++ got", r#"- "status": 70"#, r#"+ "status": 71"#],
+            "{text}"
+        );
+        assert!(text.contains("\n              \"name\": \"x\",\n"), "{text}");
         let pass = Verdict {
             name: "fine".into(),
             mismatch: None,
