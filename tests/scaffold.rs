@@ -104,6 +104,21 @@ impl Project {
 
     /// The component passes `passerelle check` and its own fixtures, run
     /// as the README and `passerelle new` say.
+    /// A JavaScript or Python build: `dist/<name>.wasm` passes `check`,
+    /// its fixtures lie beside it (for a host's swap check), and `new`
+    /// printed the command that tests it.
+    fn check_dist_build(&self) -> PathBuf {
+        let component = self.dir.join("dist/acme-sync.wasm");
+        self.check(&component);
+        let beside = std::fs::read(self.dir.join("dist/acme-sync.fixtures.json")).unwrap();
+        assert_eq!(beside, std::fs::read(self.dir.join("fixtures.json")).unwrap());
+        assert!(
+            self.printed
+                .contains("passerelle transform --component dist/acme-sync.wasm --fixtures fixtures.json")
+        );
+        component
+    }
+
     fn check(&self, component: &Path) {
         assert!(component.is_file(), "the build made no {}", component.display());
         let checked = run(passerelle().arg("check").arg("--component").arg(component));
@@ -209,16 +224,7 @@ fn the_javascript_project_builds_with_npm_and_passes_its_fixtures() {
     run(project.command("npm").args(["install", "--no-audit", "--no-fund"]));
     run(project.command("npm").args(["run", "build"]));
     assert!(project.dir.join("package-lock.json").is_file());
-    let component = project.dir.join("dist/acme-sync.wasm");
-    project.check(&component);
-    // The fixtures beside the component, for a host's swap check.
-    let beside = std::fs::read(project.dir.join("dist/acme-sync.fixtures.json")).unwrap();
-    assert_eq!(beside, std::fs::read(project.dir.join("fixtures.json")).unwrap());
-    assert!(
-        project
-            .printed
-            .contains("passerelle transform --component dist/acme-sync.wasm --fixtures fixtures.json")
-    );
+    let component = project.check_dist_build();
     project.check_guide_route("js.md", &component);
 }
 
@@ -228,15 +234,7 @@ fn the_python_project_builds_with_its_script_and_passes_its_fixtures() {
     let project = Project::new("acme-sync", "python");
     run(&mut project.command("./build.sh"));
     assert!(project.dir.join(".venv/bin/componentize-py").is_file());
-    let component = project.dir.join("dist/acme-sync.wasm");
-    project.check(&component);
-    let beside = std::fs::read(project.dir.join("dist/acme-sync.fixtures.json")).unwrap();
-    assert_eq!(beside, std::fs::read(project.dir.join("fixtures.json")).unwrap());
-    assert!(
-        project
-            .printed
-            .contains("passerelle transform --component dist/acme-sync.wasm --fixtures fixtures.json")
-    );
+    let component = project.check_dist_build();
     // A second build reuses the venv: no network, no install line.
     let again = run(&mut project.command("./build.sh"));
     assert!(!text(&again.stderr).contains("installing"), "{}", describe(&again));
