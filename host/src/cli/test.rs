@@ -3,14 +3,13 @@
 //! What a partner runs while writing a transform, in any language.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use clap::Args;
 use passerelle::reload::{self, Mismatch, Verdict};
-use passerelle::runtime::{RouteContext, Runtime};
+use passerelle::runtime::Runtime;
 
 use super::exit;
-use super::transform::{LimitArgs, load_component, parse_pair};
+use super::transform::{LimitArgs, load_component, parse_pair, read_fixtures, route_context};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -31,18 +30,13 @@ pub async fn test(args: TestArgs) -> anyhow::Result<u8> {
         Some(path) => path,
         None => default_fixtures(&args.component)?,
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let fixtures = reload::parse_fixtures(&text, &path.display().to_string()).map_err(anyhow::Error::msg)?;
+    let fixtures = read_fixtures(&path)?;
     let runtime = Runtime::new()?;
     let transform = match load_component(&runtime, &args.component)? {
         Ok(transform) => transform,
         Err(code) => return Ok(code),
     };
-    let route = RouteContext {
-        route: "test".into(),
-        config: Arc::new(args.config.into_iter().collect()),
-        limits: args.limits.guest(),
-    };
+    let route = route_context("test", args.config, &args.limits);
     let verdicts = reload::run_fixtures(&runtime, &transform, &route, &fixtures).await;
     for verdict in &verdicts {
         print!("{}", report(verdict));

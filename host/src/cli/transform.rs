@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
-use passerelle::reload;
+use passerelle::reload::{self, Fixture};
 use passerelle::runtime::{GuestLimits, LoadError, Message, RouteContext, Runtime, Transform, TransformFailure};
 
 use super::exit;
@@ -69,11 +69,7 @@ pub async fn transform(args: TransformArgs) -> anyhow::Result<u8> {
         Ok(transform) => transform,
         Err(code) => return Ok(code),
     };
-    let route = RouteContext {
-        route: "cli".into(),
-        config: Arc::new(args.config.into_iter().collect()),
-        limits: args.limits.guest(),
-    };
+    let route = route_context("cli", args.config, &args.limits);
     if let Some(path) = &args.fixtures {
         return check_fixtures(&runtime, &transform, &route, path).await;
     }
@@ -110,8 +106,7 @@ async fn check_fixtures(
     route: &RouteContext,
     path: &Path,
 ) -> anyhow::Result<u8> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let fixtures = reload::parse_fixtures(&text, &path.display().to_string()).map_err(anyhow::Error::msg)?;
+    let fixtures = read_fixtures(path)?;
     match reload::check_fixtures(runtime, transform, route, &fixtures).await {
         Ok(()) => {
             println!("ok: {} fixture(s) passed", fixtures.len());
@@ -121,6 +116,21 @@ async fn check_fixtures(
             eprintln!("fixtures failed: {failures}");
             Ok(exit::FIXTURES_FAILED)
         }
+    }
+}
+
+/// A fixtures file, or an error naming it and what is wrong where.
+pub fn read_fixtures(path: &Path) -> anyhow::Result<Vec<Fixture>> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    reload::parse_fixtures(&text, &path.display().to_string()).map_err(anyhow::Error::msg)
+}
+
+/// What a one-off command runs a transform with: `config` values and limits.
+pub fn route_context(name: &str, config: Vec<(String, String)>, limits: &LimitArgs) -> RouteContext {
+    RouteContext {
+        route: name.into(),
+        config: Arc::new(config.into_iter().collect()),
+        limits: limits.guest(),
     }
 }
 
