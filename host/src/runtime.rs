@@ -7,6 +7,7 @@
 //! does, the outcome is a [`TransformFailure`] for that message, never a
 //! failure of the host.
 
+mod bounds;
 mod cache;
 mod guest;
 
@@ -22,6 +23,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use crate::version::Version;
 use guest::{GuestState, bindings};
 
+pub use bounds::bounded_reason;
 pub use cache::{ComponentCache, write_atomically};
 pub use guest::GuestLimits;
 

@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use bytesize::ByteSize;
+
 use super::{Auth, Config, Endpoint, Location, Operation, Route, Secret, Secrets};
 
 pub(super) type Problem = (String, String);
@@ -285,6 +287,23 @@ fn check_route(
     }
     if limits.memory < 1 << 20 {
         return Err((format!("{key}.limits.memory"), "must be at least 1MiB".into()));
+    }
+    if limits.body >= limits.memory {
+        let problem = format!(
+            "{} is not below limits.memory ({}): the transform could never read such a body",
+            ByteSize(limits.body as u64).display().iec(),
+            ByteSize(limits.memory as u64).display().iec()
+        );
+        return Err((format!("{key}.limits.body"), problem));
+    }
+    let at_least_one = [
+        ("body", limits.body),
+        ("actions", limits.actions),
+        ("output", limits.output),
+        ("log_line", limits.log_line),
+    ];
+    if let Some((name, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
+        return Err((format!("{key}.limits.{name}"), "must be more than 0".into()));
     }
     Ok(())
 }
