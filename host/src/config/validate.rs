@@ -166,6 +166,19 @@ fn check_operation(key: &str, operation: &mut Operation) -> Result<(), Problem> 
             ),
         ));
     }
+    if operation
+        .uri
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .split('/')
+        .any(|s| matches!(s, "." | ".."))
+    {
+        return Err((
+            uri_key,
+            format!("{:?} has a . or .. segment: name the path as it is", operation.uri),
+        ));
+    }
     let placeholders = placeholders(&operation.uri).map_err(|problem| (uri_key.clone(), problem))?;
     for name in &placeholders {
         match operation.parameters.get(name) {
@@ -191,6 +204,12 @@ fn check_operation(key: &str, operation: &mut Operation) -> Result<(), Problem> 
         }
     }
     for (name, parameter) in &mut operation.parameters {
+        if parameter.location == Location::Header && reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err((
+                format!("{key}.parameters.{name}"),
+                format!("{name:?} is not a valid HTTP header name"),
+            ));
+        }
         if parameter.location == Location::Uri {
             if !placeholders.contains(name) {
                 return Err((
