@@ -261,6 +261,7 @@ async fn the_host_survives_hostile_guests() {
         limits: GuestLimits {
             time: Duration::from_millis(200),
             memory: 16 << 20,
+            ..GuestLimits::default()
         },
         ..Default::default()
     };

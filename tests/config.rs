@@ -141,6 +141,35 @@ fn typos_and_wrong_values_are_named() {
 }
 
 #[test]
+fn limits_no_transform_could_meet_and_operations_a_value_could_subvert_are_named() {
+    let yaml = good_config().replace("memory: 32MiB", "memory: 32MiB, body: 64MiB");
+    assert_refused(
+        &yaml,
+        "routes.crm-to-shop.limits.body",
+        &["64.0 MiB is not below limits.memory (32.0 MiB)"],
+    );
+    let yaml = good_config().replace("memory: 32MiB", "memory: 32MiB, actions: 0");
+    assert_refused(&yaml, "routes.crm-to-shop.limits.actions", &["must be more than 0"]);
+    let yaml = good_config().replace("memory: 32MiB", "memory: 32MiB, log_line: many");
+    assert_refused(&yaml, "routes.crm-to-shop.limits.log_line", &["many"]);
+    let yaml = good_config().replace("uri: businesses/{crmId}", "uri: businesses/../{crmId}");
+    assert_refused(
+        &yaml,
+        "endpoints.shop.operations.upsertBusiness.uri",
+        &["\"businesses/../{crmId}\" has a . or .. segment"],
+    );
+    let yaml = good_config().replace(
+        "business: { location: json }",
+        "business: { location: json }\n          \"X Tenant\": { location: header }",
+    );
+    assert_refused(
+        &yaml,
+        "endpoints.shop.operations.upsertBusiness.parameters.X Tenant",
+        &["\"X Tenant\" is not a valid HTTP header name"],
+    );
+}
+
+#[test]
 fn yaml_syntax_errors_name_the_file() {
     let (output, stderr) = check("amqp: [unclosed\n");
     assert_eq!(output.status.code(), Some(1));

@@ -18,6 +18,7 @@ fn route() -> RouteContext {
         limits: GuestLimits {
             time: Duration::from_millis(500),
             memory: MEMORY,
+            ..GuestLimits::default()
         },
         ..Default::default()
     }

@@ -297,6 +297,8 @@ impl Default for Retry {
     }
 }
 
+/// What a route's transform gets and may give back per message; each
+/// unset one takes `GuestLimits::default()`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
@@ -304,14 +306,34 @@ pub struct Limits {
     pub time: Option<Duration>,
     #[serde(default)]
     pub memory: Option<bytesize::ByteSize>,
+    /// A larger message body is dead-lettered before the transform runs.
+    #[serde(default)]
+    pub body: Option<bytesize::ByteSize>,
+    /// Actions one message may produce.
+    #[serde(default)]
+    pub actions: Option<usize>,
+    /// Bytes of actions one message may produce.
+    #[serde(default)]
+    pub output: Option<bytesize::ByteSize>,
+    /// A longer guest log line is cut, with a marker.
+    #[serde(default)]
+    pub log_line: Option<bytesize::ByteSize>,
 }
 
 impl Limits {
     pub fn guest(&self) -> GuestLimits {
         let defaults = GuestLimits::default();
+        let bytes = |size: Option<bytesize::ByteSize>, default: usize| size.map_or(default, |s| s.as_u64() as usize);
+        let memory = bytes(self.memory, defaults.memory);
         GuestLimits {
             time: self.time.unwrap_or(defaults.time),
-            memory: self.memory.map_or(defaults.memory, |size| size.as_u64() as usize),
+            memory,
+            // A small memory limit makes the default body limit smaller,
+            // so that the transform can still read the bodies it is given.
+            body: bytes(self.body, defaults.body.min(memory / 2)),
+            actions: self.actions.unwrap_or(defaults.actions),
+            output: bytes(self.output, defaults.output),
+            log_line: bytes(self.log_line, defaults.log_line),
         }
     }
 }

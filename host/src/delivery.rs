@@ -212,6 +212,10 @@ impl Http {
         }
         builder = target.auth.apply(&self.client, builder).await?;
         builder.send().await.map_err(|e| {
+            // A request that cannot even be built fails the same way every time.
+            if e.is_builder() {
+                return DeliveryError::permanent(format!("{name}: cannot build the request: {}", e.without_url()));
+            }
             let kind = if e.is_timeout() { "timed out" } else { "failed" };
             DeliveryError::temporary(format!("{name}: request {kind}: {}", e.without_url()))
         })

@@ -13,7 +13,7 @@ use rand::Rng as _;
 use crate::amqp::{Publisher, headers};
 use crate::delivery::{CallContext, DeliveryError, Http};
 use crate::routes::RouteHandle;
-use crate::runtime::{Action, Message, Runtime, Transform, TransformFailure};
+use crate::runtime::{Action, Message, Runtime, Transform, TransformFailure, bounded_reason};
 use crate::stats::{RetryKind, Stats};
 use crate::trace::TraceContext;
 use crate::version::Version;
@@ -31,10 +31,12 @@ pub enum FailureClass {
     /// No answer: unreachable, timed out.
     Network,
     Publish,
+    /// A body larger than the route's `limits.body`: never given to the transform.
+    TooLarge,
 }
 
 impl FailureClass {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::TransformReject,
         Self::TransformRetry,
         Self::TransformTrap,
@@ -43,6 +45,7 @@ impl FailureClass {
         Self::HttpTemporary,
         Self::Network,
         Self::Publish,
+        Self::TooLarge,
     ];
 
     pub fn label(self) -> &'static str {
@@ -55,6 +58,7 @@ impl FailureClass {
             Self::HttpTemporary => "http_temporary",
             Self::Network => "network",
             Self::Publish => "publish",
+            Self::TooLarge => "too_large",
         }
     }
 }
@@ -71,11 +75,13 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// Every reason is cut to `MAX_REASON`: it goes into a dead letter's
+    /// headers, which must fit one AMQP frame, and into logs.
     fn permanent(class: FailureClass, reason: String, version: &Version) -> Self {
         Self {
             class,
             temporary: false,
-            reason,
+            reason: bounded_reason(reason),
             status: None,
             retry_after: None,
             version: version.clone(),
@@ -104,7 +110,7 @@ impl Failure {
         Self {
             class,
             temporary: error.temporary,
-            reason: error.reason,
+            reason: bounded_reason(error.reason),
             status: error.status,
             retry_after: error.retry_after,
             version: version.clone(),
@@ -160,6 +166,9 @@ impl Pipeline {
     /// says what should become of it. `trace` is the message's span.
     pub async fn process(&self, message: &Message, trace: &TraceContext, publisher: &Publisher) -> Outcome {
         self.stats.received(self.name());
+        if let Some(failure) = self.too_large(message) {
+            return Outcome::DeadLetter(failure);
+        }
         let retry = &self.route.route.retry;
         let mut retries = 0;
         loop {
@@ -184,6 +193,23 @@ impl Pipeline {
             tokio::time::sleep(wait).await;
             retries += 1;
         }
+    }
+
+    /// A body over `limits.body` is refused before the transform sees it:
+    /// it would only run the guest out of memory, every attempt.
+    fn too_large(&self, message: &Message) -> Option<Failure> {
+        let limit = self.route.context.limits.body;
+        if message.body.len() <= limit {
+            return None;
+        }
+        let size = |bytes: usize| bytesize::ByteSize(bytes as u64).display().iec().to_string();
+        let reason = format!(
+            "the message body ({}) is larger than the route's limits.body ({})",
+            size(message.body.len()),
+            size(limit)
+        );
+        let version = self.route.slot.current().version.clone();
+        Some(Failure::permanent(FailureClass::TooLarge, reason, &version))
     }
 
     /// The next step of the ladder for a temporary failure, if any is

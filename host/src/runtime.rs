@@ -7,6 +7,7 @@
 //! does, the outcome is a [`TransformFailure`] for that message, never a
 //! failure of the host.
 
+mod bounds;
 mod cache;
 mod guest;
 
@@ -22,6 +23,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use crate::version::Version;
 use guest::{GuestState, bindings};
 
+pub use bounds::bounded_reason;
 pub use cache::{ComponentCache, write_atomically};
 pub use guest::GuestLimits;
 
@@ -284,7 +286,10 @@ impl Runtime {
         let outcome = tokio::time::timeout(limits.time * 4 + PARKED_GRACE, call).await;
         match outcome {
             Err(_elapsed) => Err(time_limit_failure(limits.time)),
-            Ok(Ok(Ok(actions))) => actions.into_iter().map(Action::from_guest).collect(),
+            Ok(Ok(Ok(actions))) => {
+                bounds::check_actions(&actions, &limits)?;
+                actions.into_iter().map(Action::from_guest).collect()
+            }
             Ok(Ok(Err(failure))) => Err(TransformFailure::from_guest(failure)),
             Ok(Err(trap)) => Err(describe_trap(&trap, store.data(), limits)),
         }
@@ -417,7 +422,8 @@ fn parse_args(
     match serde_json::from_str(args) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
         Ok(_) => Err(TransformFailure::Reject(format!(
-            "call to {endpoint}.{operation}: args must be a JSON object, got {args}"
+            "call to {endpoint}.{operation}: args must be a JSON object, got {}",
+            bounds::cut(args, 200)
         ))),
         Err(e) => Err(TransformFailure::Reject(format!(
             "call to {endpoint}.{operation}: args are not JSON ({e})"

@@ -52,6 +52,7 @@ impl LimitArgs {
         GuestLimits {
             time: self.time_limit,
             memory: self.memory_limit.as_u64() as usize,
+            ..GuestLimits::default()
         }
     }
 }

@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use bytesize::ByteSize;
+
 use super::{Auth, Config, Endpoint, Location, Operation, Route, Secret, Secrets};
 
 pub(super) type Problem = (String, String);
@@ -164,6 +166,19 @@ fn check_operation(key: &str, operation: &mut Operation) -> Result<(), Problem> 
             ),
         ));
     }
+    if operation
+        .uri
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .split('/')
+        .any(|s| matches!(s, "." | ".."))
+    {
+        return Err((
+            uri_key,
+            format!("{:?} has a . or .. segment: name the path as it is", operation.uri),
+        ));
+    }
     let placeholders = placeholders(&operation.uri).map_err(|problem| (uri_key.clone(), problem))?;
     for name in &placeholders {
         match operation.parameters.get(name) {
@@ -189,6 +204,12 @@ fn check_operation(key: &str, operation: &mut Operation) -> Result<(), Problem> 
         }
     }
     for (name, parameter) in &mut operation.parameters {
+        if parameter.location == Location::Header && reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err((
+                format!("{key}.parameters.{name}"),
+                format!("{name:?} is not a valid HTTP header name"),
+            ));
+        }
         if parameter.location == Location::Uri {
             if !placeholders.contains(name) {
                 return Err((
@@ -285,6 +306,23 @@ fn check_route(
     }
     if limits.memory < 1 << 20 {
         return Err((format!("{key}.limits.memory"), "must be at least 1MiB".into()));
+    }
+    if limits.body >= limits.memory {
+        let problem = format!(
+            "{} is not below limits.memory ({}): the transform could never read such a body",
+            ByteSize(limits.body as u64).display().iec(),
+            ByteSize(limits.memory as u64).display().iec()
+        );
+        return Err((format!("{key}.limits.body"), problem));
+    }
+    let at_least_one = [
+        ("body", limits.body),
+        ("actions", limits.actions),
+        ("output", limits.output),
+        ("log_line", limits.log_line),
+    ];
+    if let Some((name, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
+        return Err((format!("{key}.limits.{name}"), "must be more than 0".into()));
     }
     Ok(())
 }

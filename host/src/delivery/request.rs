@@ -1,5 +1,9 @@
 //! Turns a call's arguments into an HTTP request, following the operation's
 //! declaration: each argument goes where its parameter's `location` says.
+//! A value is data, never syntax: it is percent-encoded in a URI segment
+//! (and may not make a segment empty, `.` or `..`), form-encoded in the
+//! query, and refused in a header when it holds a control character (CR,
+//! LF), so it can neither reach another path or host nor add a header.
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value};
@@ -39,6 +43,9 @@ pub fn build_request(
         match parameter.location {
             Location::Uri => {
                 let text = scalar(name, value)?;
+                if text.is_empty() {
+                    return Err(format!("parameter {name:?} is empty: a URI segment cannot be"));
+                }
                 let encoded = utf8_percent_encode(&text, UNRESERVED).to_string();
                 path = path.replace(&format!("{{{name}}}"), &encoded);
             }
@@ -49,6 +56,7 @@ pub fn build_request(
             }
         }
     }
+    check_segments(&path)?;
     let mut url = base_url.join(&path).map_err(|e| {
         format!(
             "cannot build a URL from {} and {path:?}: {e}",
@@ -65,6 +73,20 @@ pub fn build_request(
         headers,
         json: has_body.then_some(Value::Object(json)),
     })
+}
+
+/// `.` and `..` are the only segments percent-encoding leaves as they are
+/// (the dot is unreserved), and joining would resolve them: the request
+/// would climb out of the operation's path. (URL parsers also read
+/// `%2e` as a dot, but a value's `%` is encoded as `%25`.)
+fn check_segments(path: &str) -> Result<(), String> {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    match path.split('/').find(|segment| matches!(*segment, "." | "..")) {
+        Some(segment) => Err(format!(
+            "the URI {path:?} has a {segment:?} segment: a parameter may not change the path"
+        )),
+        None => Ok(()),
+    }
 }
 
 fn check_arguments(operation: &Operation, args: &Map<String, Value>) -> Result<(), String> {
@@ -166,6 +188,44 @@ mod tests {
         );
         assert_eq!(request.headers, [("X-Tenant".to_string(), "eu".to_string())]);
         assert_eq!(request.json, Some(json!({"business": {"name": "E"}, "status": 70})));
+    }
+
+    #[test]
+    fn a_value_cannot_change_the_path_the_host_or_the_headers() {
+        let op = upsert_business();
+        let url = |id: &str| {
+            build_request(&base("http://shop.test/api/"), &op, &args(json!({"crmId": id})))
+                .map(|request| request.url.to_string())
+        };
+        let encoded = [
+            ("../admin", "http://shop.test/api/businesses/..%2Fadmin"),
+            ("%2e%2e", "http://shop.test/api/businesses/%252e%252e"),
+            ("//other-host/x", "http://shop.test/api/businesses/%2F%2Fother-host%2Fx"),
+            ("user@other-host", "http://shop.test/api/businesses/user%40other-host"),
+            (
+                "http://other-host/",
+                "http://shop.test/api/businesses/http%3A%2F%2Fother-host%2F",
+            ),
+            (
+                "a\r\nX-Injected: 1",
+                "http://shop.test/api/businesses/a%0D%0AX-Injected%3A%201",
+            ),
+            ("...", "http://shop.test/api/businesses/..."),
+        ];
+        for (id, expected) in encoded {
+            assert_eq!(url(id).as_deref(), Ok(expected), "{id:?}");
+        }
+        for climbing in [".", ".."] {
+            let error = url(climbing).unwrap_err();
+            assert!(error.contains("may not change the path"), "{error}");
+        }
+        assert!(url("").unwrap_err().contains("\"crmId\" is empty"));
+        let header = build_request(
+            &base("http://s/"),
+            &op,
+            &args(json!({"crmId": "1", "X-Tenant": "eu\r\nX-Injected: 1"})),
+        );
+        assert!(header.unwrap_err().contains("control character"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::RouteContext;
+use super::bounds::cut;
 use crate::version::Version;
 
 pub mod bindings {
@@ -23,19 +24,26 @@ pub mod bindings {
 
 use bindings::passerelle::transform::{host, types};
 
-/// Guest log lines longer than this are cut: a guest must not flood the log.
-const MAX_LOG_LINE: usize = 4096;
 /// Log lines a guest may write per message; later ones are dropped.
 const MAX_LOG_LINES: u32 = 100;
 /// What a guest may write to stderr (read back only to report a panic).
 const STDERR_CAPACITY: usize = 16 * 1024;
 
-/// Time and memory a transform gets per message.
+/// What a transform gets per message (time, memory, the body it is given)
+/// and what it may give back (actions, their bytes, log lines).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestLimits {
     pub time: Duration,
     /// Bytes of linear memory.
     pub memory: usize,
+    /// Bytes of message body; a larger message is dead-lettered unread.
+    pub body: usize,
+    /// Actions one message may produce.
+    pub actions: usize,
+    /// Bytes of actions one message may produce (names, args, bodies, headers).
+    pub output: usize,
+    /// Bytes of one log line; a longer one is cut, with a marker.
+    pub log_line: usize,
 }
 
 impl Default for GuestLimits {
@@ -43,6 +51,10 @@ impl Default for GuestLimits {
         Self {
             time: Duration::from_millis(50),
             memory: 32 << 20,
+            body: 4 << 20,
+            actions: 100,
+            output: 4 << 20,
+            log_line: 4 << 10,
         }
     }
 }
@@ -56,6 +68,7 @@ pub struct GuestState {
     version: String,
     config: Arc<BTreeMap<String, String>>,
     log_lines: u32,
+    log_line: usize,
     last_error_log: Option<String>,
 }
 
@@ -78,6 +91,7 @@ impl GuestState {
             version: version.to_string(),
             config: route.config.clone(),
             log_lines: 0,
+            log_line: route.limits.log_line,
             last_error_log: None,
         }
     }
@@ -92,7 +106,7 @@ impl GuestState {
         let bytes = self.stderr.contents();
         let text = String::from_utf8_lossy(&bytes);
         let text = text.trim();
-        (!text.is_empty()).then(|| truncate(text, MAX_LOG_LINE).to_string())
+        (!text.is_empty()).then(|| cut(text, self.log_line).into_owned())
     }
 }
 
@@ -109,11 +123,11 @@ impl types::Host for GuestState {}
 
 impl host::Host for GuestState {
     fn log(&mut self, level: host::Level, message: String) -> wasmtime::Result<()> {
-        let message = truncate(&message, MAX_LOG_LINE);
+        let message = cut(&message, self.log_line);
         // Kept even past the line cap: a guest that logged a lot and then
         // crashed still has its last words in the dead letter.
         if level == host::Level::Error {
-            self.last_error_log = Some(message.to_string());
+            self.last_error_log = Some(message.clone().into_owned());
         }
         self.log_lines += 1;
         if self.log_lines > MAX_LOG_LINES {
@@ -206,17 +220,6 @@ pub fn headers_from_guest(headers: Vec<types::Header>) -> Vec<(String, String)> 
     headers.into_iter().map(|h| (h.name, h.value)).collect()
 }
 
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +233,19 @@ mod tests {
         }
         state.log(host::Level::Error, "ValueError: boom".into()).unwrap();
         assert_eq!(state.last_words().as_deref(), Some("ValueError: boom"));
+    }
+
+    #[test]
+    fn a_long_log_line_is_cut_with_a_marker() {
+        let route = RouteContext {
+            limits: GuestLimits {
+                log_line: 8,
+                ..GuestLimits::default()
+            },
+            ..RouteContext::default()
+        };
+        let mut state = GuestState::new(&route, &Version::of(b"guest"));
+        state.log(host::Level::Error, "x".repeat(20)).unwrap();
+        assert_eq!(state.last_words().as_deref(), Some("xxxxxxxx… [cut: 20 bytes in all]"));
     }
 }

@@ -1,0 +1,67 @@
+//! Test fixture, not shipped: a transform that turns against the host the
+//! way its message says, `{"do": "<case>", ...}`, so that `tests/hostile.rs`
+//! can check that each case ends with a clear reason and the host serving
+//! the next message. Every call goes to the `target` endpoint's `put`.
+
+use std::hint::black_box;
+
+use passerelle_guest::{Action, Call, Failure, Message, call, log, publish, reject, transform};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Deserialize)]
+#[serde(tag = "do", rename_all = "kebab-case")]
+enum Order {
+    /// One call with these args, as they are: values that become URI
+    /// segments, query parameters, headers.
+    Call { args: Value },
+    /// `count` calls.
+    Actions { count: usize },
+    /// One call whose args hold a string of `bytes` bytes.
+    HugeArgs { bytes: usize },
+    /// A reject whose reason is `bytes` bytes long.
+    HugeReject { bytes: usize },
+    /// An info line of `bytes` bytes, then an ordinary call.
+    HugeLog { bytes: usize },
+    /// One call whose args are JSON nested `depth` deep.
+    DeepArgs { depth: usize },
+    /// A publish whose routing key is `bytes` bytes long.
+    LongRoutingKey { bytes: usize },
+    /// Recursion without end: the stack overflows.
+    Recurse,
+}
+
+fn turn(msg: Message) -> Result<Vec<Action>, Failure> {
+    match msg.json()? {
+        Order::Call { args } => Ok(vec![put(&args)?]),
+        Order::Actions { count } => (0..count).map(|n| put(&json!({ "id": n }))).collect(),
+        Order::HugeArgs { bytes } => Ok(vec![put(&json!({ "id": "huge", "value": "x".repeat(bytes) }))?]),
+        Order::HugeReject { bytes } => Err(reject("r".repeat(bytes))),
+        Order::HugeLog { bytes } => {
+            log::info(&"l".repeat(bytes));
+            Ok(vec![put(&json!({ "id": "after-huge-log" }))?])
+        }
+        Order::DeepArgs { depth } => {
+            let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            Ok(vec![Action::Call(Call {
+                endpoint: "target".into(),
+                operation: "put".into(),
+                args: format!(r#"{{"id": "deep", "value": {nested}}}"#),
+            })])
+        }
+        Order::LongRoutingKey { bytes } => Ok(vec![publish("amq.topic", &"k".repeat(bytes), "{}", &[])]),
+        Order::Recurse => Ok(vec![put(&json!({ "id": deeper(0) }))?]),
+    }
+}
+
+fn put(args: &Value) -> Result<Action, Failure> {
+    call("target", "put", args)
+}
+
+/// Never returns: each frame waits for the next one's result.
+#[expect(unconditional_recursion, reason = "the stack overflow is this case's point")]
+fn deeper(depth: u64) -> u64 {
+    black_box(deeper(black_box(depth + 1))) + 1
+}
+
+transform!(turn);
