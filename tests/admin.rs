@@ -58,7 +58,9 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 async fn metrics(admin: &str) -> BTreeMap<String, f64> {
     let response = client().get(format!("{admin}/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    parse_metrics(&response.text().await.unwrap())
+    let text = response.text().await.unwrap();
+    support::keep_seen("metrics", &text);
+    parse_metrics(&text)
 }
 
 fn sample(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
