@@ -87,11 +87,15 @@ async fn attack(setup: &Deployment, body: &[u8], table: FieldTable) {
 async fn version_serving(setup: &Deployment, n: usize) -> String {
     setup.publish_accounts(n..n + 1).await;
     let account = format!("/gg-{n}");
-    eventually(&format!("account gg-{n} delivered"), Duration::from_secs(30), async || {
-        let calls = setup.server.calls();
-        let call = calls.iter().find(|call| call.uri.ends_with(&account))?;
-        Some(call.header("x-passerelle-transform-version")?.to_string())
-    })
+    eventually(
+        &format!("account gg-{n} delivered"),
+        Duration::from_secs(30),
+        async || {
+            let calls = setup.server.calls();
+            let call = calls.iter().find(|call| call.uri.ends_with(&account))?;
+            Some(call.header("x-passerelle-transform-version")?.to_string())
+        },
+    )
     .await
 }
 
@@ -165,7 +169,10 @@ async fn unsigned_and_wrongly_signed_deploys_are_refused_and_v1_keeps_serving() 
         for host in [&host_a, &host_b] {
             wait_for_log(host, &refused, index + 1).await;
             let line = last_line(host, &refused);
-            assert!(line.contains(reason) && line.contains(&format!("{v1} keeps serving")), "{what}: {line}");
+            assert!(
+                line.contains(reason) && line.contains(&format!("{v1} keeps serving")),
+                "{what}: {line}"
+            );
             assert!(line.contains("an unnamed publisher"), "{what}: {line}");
         }
         assert_eq!(version_serving(&setup, index).await, v1, "after the deploy {what}");
@@ -183,7 +190,12 @@ async fn unsigned_and_wrongly_signed_deploys_are_refused_and_v1_keeps_serving() 
 
     // Refused before validation: counted apart, and no reload refused.
     let metrics = metrics(&host_a).await;
-    let count = |series: &str| metrics.lines().find(|line| line.starts_with(series)).map(str::to_string);
+    let count = |series: &str| {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(series))
+            .map(str::to_string)
+    };
     let unsigned = r#"passerelle_fleet_deploys_refused_total{route="crm-to-shop",reason="unsigned"} 2"#;
     let forged = r#"passerelle_fleet_deploys_refused_total{route="crm-to-shop",reason="bad_signature"} 4"#;
     assert_eq!(count(unsigned).as_deref(), Some(unsigned), "{metrics}");
@@ -327,7 +339,12 @@ async fn a_signed_deploy_swaps_hosts_with_the_key_and_rollback_republishes_only_
 /// `deploy` as an operator runs it, with `env` only.
 fn deploy_with_env(config: &Path, env: &[(&str, &str)]) -> std::process::Output {
     let output = support::passerelle()
-        .args(["deploy", ROUTE, &support::transform(ROUTE).display().to_string(), "--config"])
+        .args([
+            "deploy",
+            ROUTE,
+            &support::transform(ROUTE).display().to_string(),
+            "--config",
+        ])
         .arg(config)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -346,8 +363,14 @@ async fn deploys_without_a_good_key_are_refused_at_start_naming_the_key_not_its_
     let variable = support::FLEET_SIGNING_KEY_ENV;
     let not_a_key = "not-a-key-but-still-a-secret";
     let other_key = DeploySigner::generate().to_base64();
-    let cases: [(&str, Vec<(&str, &str)>, String); 3] = [
-        ("no key", vec![], format!("fleet.signing_key_env: environment variable {variable} is not set")),
+    // What is wrong, the environment it runs with, the error expected.
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String);
+    let cases: [Case; 3] = [
+        (
+            "no key",
+            vec![],
+            format!("fleet.signing_key_env: environment variable {variable} is not set"),
+        ),
         (
             "not a key",
             vec![(variable, not_a_key)],
@@ -356,7 +379,10 @@ async fn deploys_without_a_good_key_are_refused_at_start_naming_the_key_not_its_
         (
             "another key",
             vec![(variable, other_key.as_str())],
-            format!("fleet.verify_key: {:?} is not the public key", fleet_signer().verifier().to_base64()),
+            format!(
+                "fleet.verify_key: {:?} is not the public key",
+                fleet_signer().verifier().to_base64()
+            ),
         ),
     ];
     for (what, env, expected) in cases {
@@ -373,7 +399,10 @@ async fn deploys_without_a_good_key_are_refused_at_start_naming_the_key_not_its_
     let yaml = std::fs::read_to_string(&config).unwrap();
     let fleet = support::fleet_section();
     let refusals = [
-        ("fleet:\n  verify_key: abc\n", r#"fleet.verify_key: "abc" is not base64"#),
+        (
+            "fleet:\n  verify_key: abc\n",
+            r#"fleet.verify_key: "abc" is not base64"#,
+        ),
         (
             "fleet:\n  verify_key: AAAA\n",
             r#"fleet.verify_key: "AAAA" is 3 bytes long; an ed25519 public key is 32"#,
@@ -406,10 +435,17 @@ fn keygen_writes_a_private_key_file_and_prints_the_public_key() {
     let private = std::fs::read_to_string(&key_file).unwrap();
     let signer = DeploySigner::from_base64(&private).unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains(&format!("verify_key: {}", signer.verifier().to_base64())), "{stdout}");
+    assert!(
+        stdout.contains(&format!("verify_key: {}", signer.verifier().to_base64())),
+        "{stdout}"
+    );
     assert!(!stdout.contains(private.trim()), "the private key was printed");
 
     let again = support::passerelle().arg("keygen").arg(&key_file).output().unwrap();
     assert_eq!(again.status.code(), Some(1));
-    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), private, "an existing key is kept");
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap(),
+        private,
+        "an existing key is kept"
+    );
 }

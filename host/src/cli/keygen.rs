@@ -34,6 +34,9 @@ pub async fn keygen(args: KeygenArgs) -> anyhow::Result<u8> {
         verifier.id(),
         path.display()
     );
-    println!("every host's configuration:\n\nfleet:\n  verify_key: {}", verifier.to_base64());
+    println!(
+        "every host's configuration:\n\nfleet:\n  verify_key: {}",
+        verifier.to_base64()
+    );
     Ok(0)
 }

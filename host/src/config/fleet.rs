@@ -88,7 +88,10 @@ fn read_signer(fleet: &Fleet, secrets: Secrets) -> Result<Option<DeploySigner>, 
         Ok(text) => DeploySigner::from_base64(&text)
             .map(Some)
             .map_err(|problem| (SIGNING_KEY.into(), format!("environment variable {variable} {problem}"))),
-        Err(_) if required => Err((SIGNING_KEY.into(), format!("environment variable {variable} is not set"))),
+        Err(_) if required => Err((
+            SIGNING_KEY.into(),
+            format!("environment variable {variable} is not set"),
+        )),
         Err(_) => Ok(None),
     }
 }

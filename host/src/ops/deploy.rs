@@ -44,7 +44,11 @@ pub fn signer(config: &Config) -> anyhow::Result<Option<&DeploySigner>> {
         (Some(signer), _) => Ok(Some(signer)),
         (None, Unsigned::Allow) => Ok(None),
         (None, Unsigned::Refuse) => {
-            let variable = config.fleet.signing_key_env.as_deref().unwrap_or("(fleet.signing_key_env)");
+            let variable = config
+                .fleet
+                .signing_key_env
+                .as_deref()
+                .unwrap_or("(fleet.signing_key_env)");
             Err(anyhow!(
                 "no fleet signing key here: deploys are signed, and {variable} is not set \
                  (fleet.signing_key_env; or fleet.unsigned: allow)"

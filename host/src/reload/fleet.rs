@@ -365,7 +365,10 @@ pub async fn listen(
         // Auto-acked (no_ack): a refused deploy is gone, not redelivered.
         let route = delivery.routing_key.as_str().trim_start_matches("deploy.").to_string();
         let Some(handle) = routes.iter().find(|handle| handle.name == route) else {
-            tracing::debug!("ignored a control message with routing key {:?}", delivery.routing_key.as_str());
+            tracing::debug!(
+                "ignored a control message with routing key {:?}",
+                delivery.routing_key.as_str()
+            );
             continue;
         };
         let deployment = deployment_of(&route, &delivery.properties, delivery.data);
