@@ -411,3 +411,51 @@ async fn install(reloader: &Reloader, route: &RouteHandle, deployment: Deploymen
     }
     reloader.stats.fleet_deploy_applied(&route.name);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(signer: Option<&DeploySigner>) -> Deployment {
+        Deployment::new("crm-to-shop", b"component".to_vec(), None, signer)
+    }
+
+    #[test]
+    fn trust_follows_the_fleet_section() {
+        let signer = DeploySigner::generate();
+        let keyed = Fleet {
+            verifier: Some(signer.verifier()),
+            ..Fleet::default()
+        };
+        let open = Fleet {
+            unsigned: Unsigned::Allow,
+            ..Fleet::default()
+        };
+        let label = |trust: &Trust, deployment| trust.admit(&deployment).map_err(|distrust| distrust.label());
+
+        let signed = Trust::of(&keyed);
+        assert_eq!(label(&signed, deployment(Some(&signer))), Ok(()));
+        assert_eq!(label(&signed, deployment(None)), Err("unsigned"));
+        let other = DeploySigner::generate();
+        assert_eq!(label(&signed, deployment(Some(&other))), Err("bad_signature"));
+
+        let unsigned = Trust::of(&open);
+        assert_eq!(label(&unsigned, deployment(None)), Ok(()));
+
+        let nothing = Trust::of(&Fleet::default());
+        assert_eq!(label(&nothing, deployment(Some(&signer))), Err("no_key"));
+    }
+
+    #[test]
+    fn the_newest_admitted_deploy_wins_and_newer_refused_ones_are_reported() {
+        let signer = DeploySigner::generate();
+        let trust = Trust::Signed(signer.verifier());
+        let old = Deployment::new("r", b"old".to_vec(), None, Some(&signer));
+        let good = Deployment::new("r", b"good".to_vec(), None, Some(&signer));
+        let intruder = Deployment::new("r", b"intruder".to_vec(), None, None);
+        let (latest, refused) = latest_admitted(vec![old, good.clone(), intruder.clone()], &trust);
+        assert_eq!(latest.map(|d| d.version), Some(good.version));
+        let refused: Vec<_> = refused.into_iter().map(|(d, _)| d.version).collect();
+        assert_eq!(refused, [intruder.version]);
+    }
+}
