@@ -58,7 +58,9 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 async fn metrics(admin: &str) -> BTreeMap<String, f64> {
     let response = client().get(format!("{admin}/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    parse_metrics(&response.text().await.unwrap())
+    let text = response.text().await.unwrap();
+    support::keep_seen("metrics", &text);
+    parse_metrics(&text)
 }
 
 fn sample(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
@@ -294,9 +296,14 @@ async fn an_upload_swaps_the_transform_and_a_failing_one_is_refused() {
         &format!("swapped transform {v3_version} -> {v2_version} (deploy"),
     )
     .await;
-    let samples = metrics(&admin).await;
+    // Counted once the swap returns, just after its log line.
     let applied = r#"passerelle_fleet_deploys_applied_total{route="crm-to-shop"}"#;
-    assert_eq!(sample(&samples, applied), 2.0, "the deploy and the rollback");
+    eventually(
+        "the deploy and the rollback counted",
+        Duration::from_secs(10),
+        async || (metrics(&admin).await.get(applied) == Some(&2.0)).then_some(()),
+    )
+    .await;
 
     // Bodies over the limit are refused before they are read in full.
     let huge = vec![0u8; 17 * 1024 * 1024];

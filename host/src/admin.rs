@@ -253,6 +253,7 @@ async fn upload(
     let (component, fixtures) = read_upload(request).await?;
     let parts = &state.parts;
     if options.fleet {
+        deploy::signer(&parts.config).map_err(|e| Problem(StatusCode::CONFLICT, format!("{e:#}")))?;
         let runtime = &parts.reloader.runtime;
         let deployed = deploy::deploy(&parts.config, runtime, &name, component, fixtures)
             .await

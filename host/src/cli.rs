@@ -6,6 +6,7 @@ mod check;
 mod deploy;
 mod dlq;
 mod import;
+mod keygen;
 mod new;
 mod publish;
 mod run;
@@ -78,6 +79,9 @@ enum Command {
     Deploy(deploy::DeployArgs),
     /// Return every host to the version deployed before the current one.
     Rollback(deploy::RollbackArgs),
+    /// Make a key pair for signing fleet deploys: the signing key to a
+    /// new file (mode 600), the public key (`fleet.verify_key`) printed.
+    Keygen(keygen::KeygenArgs),
 }
 
 /// Where a command publishes.
@@ -116,6 +120,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Dlq(command) => dlq::dlq(command).await,
             Command::Deploy(args) => deploy::deploy(args).await,
             Command::Rollback(args) => deploy::rollback(args).await,
+            Command::Keygen(args) => keygen::keygen(args).await,
         }
     });
     match result {

@@ -5,9 +5,11 @@
 //! value named.
 
 mod env;
+mod fleet;
 mod ingest;
 mod validate;
 
+pub use fleet::{Fleet, Unsigned};
 pub use ingest::{Ingest, IngestAuth, IngestSource, SourceKind};
 pub use validate::redact_url;
 
@@ -40,6 +42,8 @@ pub struct Config {
     pub logging: Logging,
     /// The ingest HTTP server (webhooks, Salesforce); off unless configured.
     pub ingest: Option<Ingest>,
+    /// Which deploys hosts accept, and the key deploys are signed with.
+    pub fleet: Fleet,
 }
 
 /// Where logs go besides stderr.
@@ -394,8 +398,12 @@ impl fmt::Debug for Secret {
 /// Whether loading reads the endpoints' secrets from the environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Secrets {
+    /// Everything a host needs; the fleet's signing key if its variable is set.
     Read,
     Skip,
+    /// For commands that publish deploys: like `Skip`, and the fleet's
+    /// signing key is required.
+    Signing,
 }
 
 /// The file's shape before validation.
@@ -412,6 +420,8 @@ struct RawConfig {
     logging: Logging,
     #[serde(default)]
     ingest: Option<Ingest>,
+    #[serde(default)]
+    fleet: Fleet,
 }
 
 impl Config {
@@ -446,6 +456,12 @@ impl Config {
         Self::parse_with(&text, &file, base, secrets)
     }
 
+    /// For `deploy` and `rollback` (and what else publishes deploys): like
+    /// `load_for_broker`, and the fleet's signing key is required.
+    pub fn load_for_deploy(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, Secrets::Signing)
+    }
+
     /// Parses configuration text; `file` names it in errors.
     pub fn parse(text: &str, file: &str, base: &Path) -> Result<Self, ConfigError> {
         Self::parse_with(text, file, base, Secrets::Read)
@@ -475,6 +491,7 @@ impl Config {
             admin: raw.admin,
             logging: raw.logging,
             ingest: raw.ingest,
+            fleet: raw.fleet,
         };
         for (name, route) in &mut config.routes {
             route.name.clone_from(name);

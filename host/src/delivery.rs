@@ -185,9 +185,9 @@ impl Http {
             // A token may be revoked before it expires: fetch a new one, once.
             target.auth.invalidate().await;
             let response = self.send(target, request, context, name).await?;
-            return classify(response, name).await;
+            return classify(response, name, &target.auth).await;
         }
-        classify(response, name).await
+        classify(response, name, &target.auth).await
     }
 
     async fn send(
@@ -224,13 +224,13 @@ impl Http {
 
 /// 2xx succeeds; 408, 429 and 5xx are worth retrying; other answers are
 /// permanent for this message.
-async fn classify(response: reqwest::Response, name: &str) -> Result<u16, DeliveryError> {
+async fn classify(response: reqwest::Response, name: &str, auth: &Authenticator) -> Result<u16, DeliveryError> {
     let status = response.status();
     if status.is_success() {
         return Ok(status.as_u16());
     }
     let retry_after = retry_after(response.headers());
-    let body = response.text().await.unwrap_or_default();
+    let body = auth.hide_secrets(&response.text().await.unwrap_or_default()).await;
     let temporary =
         status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS;
     Err(DeliveryError {

@@ -138,17 +138,18 @@ async fn serve_until_shutdown(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let deploys_seen = fleet::DeploysSeen::default();
+    let trust = fleet::Trust::of(&parts.config.fleet);
+    announce(&trust);
     loop {
         // A host started after a deploy takes it before consuming.
         let exchange = &parts.config.amqp.control_exchange;
-        if let Err(error) =
-            fleet::apply_latest(&connection, exchange, &parts.routes, &parts.reloader, &deploys_seen).await
-        {
+        let (routes, reloader) = (&parts.routes, &parts.reloader);
+        if let Err(error) = fleet::apply_latest(&connection, exchange, routes, reloader, &trust, &deploys_seen).await {
             tracing::warn!("could not read the deploy history: {error:#}");
         }
         parts.stats.set_broker_connected(true);
         tracing::info!("connected to the broker; consuming {} route(s)", parts.routes.len());
-        let served = serve(&connection, &parts, &deploys_seen, &shutdown).await;
+        let served = serve(&connection, &parts, &trust, &deploys_seen, &shutdown).await;
         parts.stats.set_broker_connected(false);
         match served {
             Ok(()) => {
@@ -161,6 +162,15 @@ async fn serve_until_shutdown(
             Some(next) => connection = next,
             None => return Ok(()),
         }
+    }
+}
+
+/// Says once at start which deploys this host will take.
+fn announce(trust: &fleet::Trust) {
+    match trust {
+        fleet::Trust::Signed(key) => tracing::info!("fleet deploys: only those signed by key {}", key.id()),
+        fleet::Trust::Unsigned => tracing::warn!("fleet deploys: unsigned ones accepted (fleet.unsigned: allow)"),
+        fleet::Trust::Nothing => tracing::warn!("fleet deploys: all refused; this host has no fleet.verify_key"),
     }
 }
 
@@ -207,6 +217,7 @@ async fn declare_all(connection: &Connection, config: &Config) -> anyhow::Result
 async fn serve(
     connection: &Arc<Connection>,
     parts: &Parts,
+    trust: &fleet::Trust,
     deploys_seen: &fleet::DeploysSeen,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -216,6 +227,7 @@ async fn serve(
         parts.config.amqp.control_exchange.clone(),
         parts.routes.clone(),
         parts.reloader.clone(),
+        trust.clone(),
         deploys_seen.clone(),
         shutdown.clone(),
     ));

@@ -8,6 +8,7 @@
 
 mod fixtures;
 pub mod fleet;
+pub mod signature;
 mod watch;
 
 use std::path::PathBuf;

@@ -119,6 +119,7 @@ pub struct Stats {
     breaker_state: Family<EndpointLabel, Gauge>,
     reloads: Family<ReloadLabels, Counter>,
     fleet_deploys: Family<RouteLabel, Counter>,
+    fleet_refused: Family<ReasonLabels, Counter>,
     broker_connected: Gauge,
     connected: AtomicBool,
     ingested: Family<IngestLabels, Counter>,
@@ -143,6 +144,7 @@ impl Default for Stats {
             breaker_state: Family::default(),
             reloads: Family::default(),
             fleet_deploys: Family::default(),
+            fleet_refused: Family::default(),
             broker_connected: Gauge::default(),
             connected: AtomicBool::new(false),
             ingested: Family::default(),
@@ -195,6 +197,12 @@ impl Stats {
             "fleet_deploys_applied",
             "Fleet deploys this host applied",
             self.fleet_deploys.clone(),
+        );
+        r.register(
+            "fleet_deploys_refused",
+            "Fleet deploys this host refused before validating them: unsigned, bad_signature, \
+             or no_key (it has no fleet.verify_key)",
+            self.fleet_refused.clone(),
         );
         r.register(
             "broker_connected",
@@ -275,6 +283,15 @@ impl Stats {
 
     pub fn fleet_deploy_applied(&self, route: &str) {
         self.fleet_deploys.get_or_create(&route_label(route)).inc();
+    }
+
+    /// `reason` is `Distrust::label`.
+    pub fn fleet_deploy_refused(&self, route: &str, reason: &str) {
+        let labels = ReasonLabels {
+            route: route.to_string(),
+            reason: reason.to_string(),
+        };
+        self.fleet_refused.get_or_create(&labels).inc();
     }
 
     /// `outcome` is `published` or a refusal class (`unauthorized`…).

@@ -50,15 +50,39 @@ pub fn passerelle() -> Command {
 /// secrets that configuration names.
 pub fn operator_command(args: &[&str], config: &Path) -> std::process::Output {
     // Without the endpoints' secrets: operator commands talk to the broker
-    // only, and must not need them.
-    passerelle()
+    // only, and must not need them. The fleet's signing key is there for
+    // `deploy` and `rollback`.
+    let output = passerelle()
         .args(args)
         .arg("--config")
         .arg(config)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env(FLEET_SIGNING_KEY_ENV, FLEET_SIGNING_KEY)
         .output()
-        .unwrap()
+        .unwrap();
+    keep_for_secret_scan(&format!("passerelle {}", args.join(" ")), &output);
+    output
+}
+
+/// Keeps what a command printed where scripts/test searches for secrets.
+pub fn keep_for_secret_scan(command: &str, output: &std::process::Output) {
+    let text = format!(
+        "{command}\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    keep_seen("command", &text);
+}
+
+/// Keeps `text` (what a test saw: dead-letter headers, `/metrics`,
+/// `/status`, a command's output) in `$PASSERELLE_TEST_LOGS`, where
+/// scripts/test searches every file for the test secrets.
+pub fn keep_seen(what: &str, text: &str) {
+    if let Some(dir) = std::env::var_os("PASSERELLE_TEST_LOGS") {
+        let name = format!("seen-{what}-{:08x}.txt", rand::random::<u32>());
+        let _ = std::fs::write(Path::new(&dir).join(name), text);
+    }
 }
 
 /// A suffix that keeps this test's broker objects apart from every other.
@@ -265,6 +289,7 @@ impl Broker {
                 .as_ref()
                 .map(header_texts)
                 .unwrap_or_default();
+            keep_seen("message", &format!("from {queue}: {headers:?}"));
             taken.push(Taken {
                 body: message.delivery.data.clone(),
                 headers,
@@ -673,13 +698,33 @@ pub fn salesforce_endpoint(server: &HttpServer) -> String {
     )
 }
 
-/// Environment the endpoint snippets above read their secrets from.
+/// Environment the endpoint snippets above read their secrets from (and
+/// the fleet's signing key, for the admin API's fleet uploads).
 pub const TEST_SECRETS: &[(&str, &str)] = &[
     ("TEST_SHOP_TOKEN", "shop-secret-token"),
     ("TEST_CRM_CLIENT_ID", "crm-client"),
     ("TEST_CRM_CLIENT_SECRET", "crm-client-secret"),
     ("TEST_ADMIN_TOKEN", ADMIN_TOKEN),
+    (FLEET_SIGNING_KEY_ENV, FLEET_SIGNING_KEY),
 ];
+
+/// The fleet's signing key in tests: the base64 of 32 bytes
+/// (`passerelle-test-fleet-signing-k!`); scripts/test searches for it.
+pub const FLEET_SIGNING_KEY: &str = "cGFzc2VyZWxsZS10ZXN0LWZsZWV0LXNpZ25pbmctayE=";
+pub const FLEET_SIGNING_KEY_ENV: &str = "TEST_FLEET_SIGNING_KEY";
+
+pub fn fleet_signer() -> passerelle::reload::signature::DeploySigner {
+    passerelle::reload::signature::DeploySigner::from_base64(FLEET_SIGNING_KEY).unwrap()
+}
+
+/// The `fleet:` section of every test configuration: hosts check deploys
+/// with the test key, and sign fleet uploads with it.
+pub fn fleet_section() -> String {
+    format!(
+        "fleet:\n  verify_key: {}\n  signing_key_env: {FLEET_SIGNING_KEY_ENV}\n",
+        fleet_signer().verifier().to_base64()
+    )
+}
 
 /// The admin API's bearer token in tests (from `TEST_ADMIN_TOKEN`).
 pub const ADMIN_TOKEN: &str = "admin-secret-token";
@@ -770,7 +815,7 @@ routes:
     bindings: [{{ exchange: {shop_exchange}, routing_key: "business.*" }}]
     transform: shop-to-crm.wasm
     endpoints: [salesforce]
-"#,
+{fleet}"#,
             amqp = AMQP_URL,
             shop = shop_endpoint(&self.server, shop_endpoint_extra),
             salesforce = salesforce_endpoint(&self.server),
@@ -779,6 +824,7 @@ routes:
             shop_queue = self.shop_queue,
             shop_exchange = self.shop_exchange,
             control_exchange = self.control_exchange,
+            fleet = fleet_section(),
         );
         dir.write("passerelle.yaml", &yaml)
     }

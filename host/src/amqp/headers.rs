@@ -26,6 +26,8 @@ pub const ORIGINAL_ROUTING_KEY: &str = "x-passerelle-original-routing-key";
 pub const DEAD_LETTERED_AT: &str = "x-passerelle-dead-lettered-at";
 /// The fixtures that travel with a fleet deploy.
 pub const FIXTURES: &str = "x-passerelle-fixtures";
+/// A fleet deploy's ed25519 signature (base64), `reload::signature`.
+pub const SIGNATURE: &str = "x-passerelle-signature";
 /// The line of the imported file a message came from.
 pub const IMPORT_LINE: &str = "x-passerelle-import-line";
 /// The ingest source (`ingest.sources.<name>`) a message came in through.

@@ -28,7 +28,7 @@ pub struct RollbackArgs {
 }
 
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<u8> {
-    let config = Config::load_for_broker(&args.config.path)?;
+    let config = Config::load_for_deploy(&args.config.path)?;
     let runtime = Runtime::new()?;
     let component = &args.component;
     let bytes = std::fs::read(component).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", component.display()))?;
@@ -49,7 +49,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<u8> {
 }
 
 pub async fn rollback(args: RollbackArgs) -> anyhow::Result<u8> {
-    let config = Config::load_for_broker(&args.config.path)?;
+    let config = Config::load_for_deploy(&args.config.path)?;
     let runtime = Runtime::new()?;
     let (from, to) = deploy::rollback(&config, &runtime, &args.route).await?;
     println!("rolled route {} back from {from} to {to} on every host", args.route);

@@ -185,7 +185,7 @@ fn check_auth(key: &str, auth: &mut IngestAuth, secrets: Secrets) -> Result<(), 
     {
         return Err((format!("{key}.query_token.parameter"), "must not be empty".into()));
     }
-    if secrets == Secrets::Skip {
+    if secrets != Secrets::Read {
         return Ok(());
     }
     let (field, variable, secret) = match auth {

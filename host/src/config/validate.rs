@@ -32,6 +32,7 @@ pub fn check(config: &mut Config, base: &Path, secrets: Secrets) -> Result<(), P
     if let Some(ingest) = &mut config.ingest {
         super::ingest::check(ingest, secrets)?;
     }
+    super::fleet::check(&mut config.fleet, secrets)?;
     Ok(())
 }
 

@@ -49,6 +49,31 @@ impl Authenticator {
         *self.token.lock().await = None;
     }
 
+    /// `text` (an endpoint's answer, bound for a dead letter's reason and
+    /// the logs) with this endpoint's credentials written `***`: a server
+    /// that echoes what it was sent must not make us leak them.
+    pub async fn hide_secrets(&self, text: &str) -> String {
+        let mut secrets: Vec<String> = match &self.auth {
+            None => Vec::new(),
+            Some(Auth::Bearer { token, .. }) => vec![token.expose().into()],
+            Some(Auth::Basic { username, password, .. }) => {
+                use base64::Engine as _;
+                let header =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose()));
+                vec![password.expose().into(), header]
+            }
+            Some(Auth::OAuth2ClientCredentials { client_secret, .. }) => vec![client_secret.expose().into()],
+        };
+        if let Some(token) = self.token.lock().await.as_ref() {
+            secrets.push(token.value.expose().into());
+        }
+        let mut text = text.to_string();
+        for secret in secrets.iter().filter(|secret| !secret.is_empty()) {
+            text = text.replace(secret.as_str(), "***");
+        }
+        text
+    }
+
     pub async fn apply(
         &self,
         client: &reqwest::Client,
@@ -118,5 +143,24 @@ impl Authenticator {
             value: Secret::new(token.access_token),
             renew_at: Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn credentials_an_answer_echoes_are_hidden() {
+        let auth = Authenticator::new(Some(Auth::Basic {
+            username: "passerelle".into(),
+            password_env: "TEST_SHOP_PASSWORD".into(),
+            password: Secret::new("open sesame"),
+        }));
+        let echoed = "wrong password open sesame (Authorization: Basic cGFzc2VyZWxsZTpvcGVuIHNlc2FtZQ==)";
+        assert_eq!(
+            auth.hide_secrets(echoed).await,
+            "wrong password *** (Authorization: Basic ***)"
+        );
     }
 }

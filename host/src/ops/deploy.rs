@@ -1,7 +1,8 @@
 //! A route's transform on every host at once: `deploy` checks a component
 //! here first (world, fixtures: a bad one is published nowhere), then
-//! publishes it on the control exchange; `rollback` publishes again the
-//! version deployed before the current one.
+//! publishes it on the control exchange, signed with the fleet's key;
+//! `rollback` publishes again the version deployed before the current one,
+//! once its old signature checked out, signed anew.
 
 use std::sync::Arc;
 
@@ -9,6 +10,9 @@ use anyhow::{Context as _, anyhow};
 
 use crate::amqp;
 use crate::config::Config;
+use crate::config::Unsigned;
+use crate::reload::fleet::{Deployment, Trust};
+use crate::reload::signature::DeploySigner;
 use crate::reload::{self, Refusal, fleet};
 use crate::routes::context_for;
 use crate::runtime::Runtime;
@@ -24,29 +28,61 @@ pub async fn deploy(
     fixtures: Option<String>,
 ) -> anyhow::Result<Result<Version, Refusal>> {
     let route = config.route(route_name)?;
+    let signer = signer(config)?;
     if let Err(refusal) = reload::validate(runtime, component.clone(), &context_for(route), fixtures.as_deref()).await {
         return Ok(Err(refusal));
     }
-    let deployment = fleet::Deployment {
-        route: route_name.to_string(),
-        version: Version::of(&component),
-        component,
-        fixtures,
-    };
-    publish_deployment(config, &deployment).await?;
+    let deployment = Deployment::new(route_name, component, fixtures, signer);
+    publish_deployment(config, &deployment, signer).await?;
     Ok(Ok(deployment.version))
+}
+
+/// The fleet's signing key, or None where deploys go unsigned
+/// (`fleet.unsigned: allow`). `Config::load_for_deploy` has read it.
+pub fn signer(config: &Config) -> anyhow::Result<Option<&DeploySigner>> {
+    match (&config.fleet.signer, config.fleet.unsigned) {
+        (Some(signer), _) => Ok(Some(signer)),
+        (None, Unsigned::Allow) => Ok(None),
+        (None, Unsigned::Refuse) => {
+            let variable = config
+                .fleet
+                .signing_key_env
+                .as_deref()
+                .unwrap_or("(fleet.signing_key_env)");
+            Err(anyhow!(
+                "no fleet signing key here: deploys are signed, and {variable} is not set \
+                 (fleet.signing_key_env; or fleet.unsigned: allow)"
+            ))
+        }
+    }
+}
+
+/// What a rollback may republish: what this key signed (hosts would refuse
+/// anything else anyway), or anything when deploys go unsigned.
+fn rollback_trust(config: &Config) -> anyhow::Result<Trust> {
+    Ok(match signer(config)? {
+        Some(signer) => Trust::Signed(signer.verifier()),
+        None => Trust::Unsigned,
+    })
 }
 
 /// Publishes again the latest deployed version that differs from the
 /// current one. Returns (from, to).
 pub async fn rollback(config: &Config, runtime: &Runtime, route_name: &str) -> anyhow::Result<(Version, Version)> {
     config.route(route_name)?;
+    let trust = rollback_trust(config)?;
     let connection = amqp::connect(&config.amqp.url, "passerelle-rollback").await?;
     let history = fleet::history(&connection, &config.amqp.control_exchange, route_name).await?;
     let _ = connection.close(200, "read".into()).await;
+    // Entries the key did not sign are skipped: a rollback must never
+    // sign what someone with broker access slipped into the history.
+    let history: Vec<Deployment> = history
+        .into_iter()
+        .filter(|deployment| trust.admit(deployment).is_ok())
+        .collect();
     let current = history
         .last()
-        .ok_or_else(|| anyhow!("route {route_name} has no deploy to roll back"))?
+        .ok_or_else(|| anyhow!("route {route_name} has no signed deploy to roll back"))?
         .version
         .clone();
     let previous = history
@@ -64,7 +100,11 @@ pub async fn rollback(config: &Config, runtime: &Runtime, route_name: &str) -> a
     }
 }
 
-async fn publish_deployment(config: &Config, deployment: &fleet::Deployment) -> anyhow::Result<()> {
+async fn publish_deployment(
+    config: &Config,
+    deployment: &Deployment,
+    signer: Option<&DeploySigner>,
+) -> anyhow::Result<()> {
     let connection = Arc::new(amqp::connect(&config.amqp.url, "passerelle-deploy").await?);
     let channel = connection.create_channel().await?;
     let routes: Vec<String> = config.routes.keys().cloned().collect();
@@ -77,7 +117,7 @@ async fn publish_deployment(config: &Config, deployment: &fleet::Deployment) -> 
     {
         // Before the first deploy, hosts run the file the configuration
         // names: record it, so that a rollback can return to it.
-        let baseline = baseline(config, &deployment.route)?;
+        let baseline = baseline(config, &deployment.route, signer)?;
         fleet::record(&connection, exchange, &baseline).await?;
     }
     let published = fleet::publish(&connection, exchange, deployment).await;
@@ -85,14 +125,9 @@ async fn publish_deployment(config: &Config, deployment: &fleet::Deployment) -> 
     published
 }
 
-fn baseline(config: &Config, route_name: &str) -> anyhow::Result<fleet::Deployment> {
+fn baseline(config: &Config, route_name: &str, signer: Option<&DeploySigner>) -> anyhow::Result<Deployment> {
     let path = &config.route(route_name)?.transform;
     let component = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let fixtures = reload::fixtures_beside(path).map_err(anyhow::Error::msg)?;
-    Ok(fleet::Deployment {
-        route: route_name.to_string(),
-        version: Version::of(&component),
-        component,
-        fixtures,
-    })
+    Ok(Deployment::new(route_name, component, fixtures, signer))
 }

@@ -4,7 +4,9 @@
 //! atomically where its route reads it, and swaps. Each route keeps a short
 //! deploy history in a durable queue, so that a host started later takes
 //! the latest deployed version before it consumes, and `rollback` can
-//! publish the one before.
+//! publish the one before. A host installs only what its `Trust` admits
+//! (a deploy the fleet's key signed, checked before anything else), so
+//! publishing to the broker is not enough to push code to it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,8 +20,10 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
+use super::signature::{BadSignature, DeploySigner, DeployVerifier};
 use super::{Origin, Reloader};
 use crate::amqp::{Publisher, headers};
+use crate::config::{Fleet, Unsigned};
 use crate::routes::RouteHandle;
 use crate::version::Version;
 
@@ -33,6 +37,81 @@ pub struct Deployment {
     pub version: Version,
     pub component: Vec<u8>,
     pub fixtures: Option<String>,
+    /// Of route, component and fixtures, by the fleet's key (base64).
+    pub signature: Option<String>,
+    /// Who published it, as the broker delivered it (user and app ids),
+    /// for logs; empty for a deployment made here.
+    pub sender: String,
+}
+
+impl Deployment {
+    /// A deployment to publish, signed when there is a key.
+    pub fn new(route: &str, component: Vec<u8>, fixtures: Option<String>, signer: Option<&DeploySigner>) -> Self {
+        Self {
+            route: route.to_string(),
+            version: Version::of(&component),
+            signature: signer.map(|signer| signer.sign(route, &component, fixtures.as_deref())),
+            component,
+            fixtures,
+            sender: String::new(),
+        }
+    }
+}
+
+/// Which deploys a host installs: the configuration's `fleet:` section.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Those the fleet's key signed (`fleet.verify_key`).
+    Signed(DeployVerifier),
+    /// Any (`fleet.unsigned: allow`).
+    Unsigned,
+    /// None: no key, and no opt-out.
+    Nothing,
+}
+
+/// Why a deploy was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum Distrust {
+    #[error("{0}")]
+    Signature(#[from] BadSignature),
+    #[error("this host accepts no deploys: it has no fleet.verify_key (nor fleet.unsigned: allow)")]
+    NoKey,
+}
+
+impl Distrust {
+    /// The `reason` label of `passerelle_fleet_deploys_refused_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Signature(BadSignature::Missing) => "unsigned",
+            Self::Signature(_) => "bad_signature",
+            Self::NoKey => "no_key",
+        }
+    }
+}
+
+impl Trust {
+    pub fn of(fleet: &Fleet) -> Self {
+        match (&fleet.verifier, fleet.unsigned) {
+            (Some(verifier), _) => Self::Signed(verifier.clone()),
+            (None, Unsigned::Allow) => Self::Unsigned,
+            (None, Unsigned::Refuse) => Self::Nothing,
+        }
+    }
+
+    /// Whether a deployment may be installed (or republished by a
+    /// rollback). Nothing of it is read before this says yes.
+    pub fn admit(&self, deployment: &Deployment) -> Result<(), Distrust> {
+        match self {
+            Self::Signed(verifier) => Ok(verifier.verify(
+                &deployment.route,
+                &deployment.component,
+                deployment.fixtures.as_deref(),
+                deployment.signature.as_deref(),
+            )?),
+            Self::Unsigned => Ok(()),
+            Self::Nothing => Err(Distrust::NoKey),
+        }
+    }
 }
 
 fn routing_key(route: &str) -> String {
@@ -118,8 +197,12 @@ async fn send(
     if let Some(fixtures) = &deployment.fixtures {
         headers::set(&mut table, headers::FIXTURES, fixtures);
     }
+    if let Some(signature) = &deployment.signature {
+        headers::set(&mut table, headers::SIGNATURE, signature);
+    }
     let properties = BasicProperties::default()
         .with_content_type("application/wasm".into())
+        .with_app_id("passerelle deploy".into())
         .with_headers(table);
     let publisher = Publisher::new(connection.clone());
     let published = publisher
@@ -153,14 +236,32 @@ pub async fn history(connection: &Connection, control_exchange: &str, route: &st
     Ok(deployments)
 }
 
+/// A deployment as received. The route is the one it was delivered for
+/// (routing key or history queue), which its signature must cover: the
+/// route header is not trusted.
 fn deployment_of(route: &str, properties: &BasicProperties, component: Vec<u8>) -> Deployment {
     let table = properties.headers().as_ref();
     Deployment {
-        route: headers::get(table, headers::ROUTE).unwrap_or_else(|| route.to_string()),
+        route: route.to_string(),
         version: Version::of(&component),
         component,
         fixtures: headers::get(table, headers::FIXTURES),
+        signature: headers::get(table, headers::SIGNATURE),
+        sender: sender_of(properties),
     }
+}
+
+/// The publisher's user id (which RabbitMQ checks against the connection's
+/// user) and app id, quoted: they come from whoever published.
+fn sender_of(properties: &BasicProperties) -> String {
+    let named = [("user", properties.user_id()), ("app", properties.app_id())]
+        .into_iter()
+        .filter_map(|(what, id)| Some(format!("{what} {:?}", id.as_ref()?.as_str())))
+        .collect::<Vec<_>>();
+    if named.is_empty() {
+        return "an unnamed publisher".into();
+    }
+    named.join(", ")
 }
 
 /// The last deploy this process saw per route. A reconnect applies only
@@ -174,18 +275,35 @@ fn first_sight(seen: &DeploysSeen, deployment: &Deployment) -> bool {
         != Some(&deployment.version)
 }
 
-/// Brings every route to its latest deployed version, unless this process
-/// already saw that deploy. Called before consuming.
+/// The newest deployment `trust` admits, and those after it it refused.
+pub fn latest_admitted(history: Vec<Deployment>, trust: &Trust) -> (Option<Deployment>, Vec<(Deployment, Distrust)>) {
+    let mut refused = Vec::new();
+    for deployment in history.into_iter().rev() {
+        match trust.admit(&deployment) {
+            Ok(()) => return (Some(deployment), refused),
+            Err(distrust) => refused.push((deployment, distrust)),
+        }
+    }
+    (None, refused)
+}
+
+/// Brings every route to its latest admitted deployed version, unless this
+/// process already saw that deploy. Called before consuming.
 pub async fn apply_latest(
     connection: &Connection,
     control_exchange: &str,
     routes: &[Arc<RouteHandle>],
     reloader: &Reloader,
+    trust: &Trust,
     seen: &DeploysSeen,
 ) -> anyhow::Result<()> {
     for route in routes {
         let history = history(connection, control_exchange, &route.name).await?;
-        if let Some(latest) = history.into_iter().last()
+        let (latest, refused) = latest_admitted(history, trust);
+        for (deployment, distrust) in refused {
+            refuse(reloader, route, &deployment, &distrust);
+        }
+        if let Some(latest) = latest
             && first_sight(seen, &latest)
         {
             install(reloader, route, latest, Origin::LatestDeploy).await;
@@ -201,6 +319,7 @@ pub async fn listen(
     control_exchange: String,
     routes: Vec<Arc<RouteHandle>>,
     reloader: Reloader,
+    trust: Trust,
     seen: DeploysSeen,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -243,14 +362,36 @@ pub async fn listen(
                 None => return Err(anyhow!("the broker cancelled the deploy consumer")),
             },
         };
+        // Auto-acked (no_ack): a refused deploy is gone, not redelivered.
         let route = delivery.routing_key.as_str().trim_start_matches("deploy.").to_string();
         let Some(handle) = routes.iter().find(|handle| handle.name == route) else {
+            tracing::debug!(
+                "ignored a control message with routing key {:?}",
+                delivery.routing_key.as_str()
+            );
             continue;
         };
         let deployment = deployment_of(&route, &delivery.properties, delivery.data);
+        if let Err(distrust) = trust.admit(&deployment) {
+            refuse(&reloader, handle, &deployment, &distrust);
+            continue;
+        }
         first_sight(&seen, &deployment);
         install(&reloader, handle, deployment, Origin::Deploy).await;
     }
+}
+
+/// Logs and counts a deploy that was not admitted: the route keeps its
+/// version, and nothing of the deploy was compiled or stored.
+fn refuse(reloader: &Reloader, route: &RouteHandle, deployment: &Deployment, distrust: &Distrust) {
+    reloader.stats.fleet_deploy_refused(&route.name, distrust.label());
+    let current = route.slot.current().version.clone();
+    let (version, size) = (&deployment.version, deployment.component.len());
+    tracing::warn!(
+        route = %route.name, current = %current, refused = %version, reason = distrust.label(),
+        "refused deploy of {version} to route {} ({size} bytes, from {}): {distrust}; {current} keeps serving",
+        route.name, deployment.sender
+    );
 }
 
 /// Validates a deployment and swaps it in (`try_swap` stores it where the
@@ -269,4 +410,52 @@ async fn install(reloader: &Reloader, route: &RouteHandle, deployment: Deploymen
         return;
     }
     reloader.stats.fleet_deploy_applied(&route.name);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(signer: Option<&DeploySigner>) -> Deployment {
+        Deployment::new("crm-to-shop", b"component".to_vec(), None, signer)
+    }
+
+    #[test]
+    fn trust_follows_the_fleet_section() {
+        let signer = DeploySigner::generate();
+        let keyed = Fleet {
+            verifier: Some(signer.verifier()),
+            ..Fleet::default()
+        };
+        let open = Fleet {
+            unsigned: Unsigned::Allow,
+            ..Fleet::default()
+        };
+        let label = |trust: &Trust, deployment| trust.admit(&deployment).map_err(|distrust| distrust.label());
+
+        let signed = Trust::of(&keyed);
+        assert_eq!(label(&signed, deployment(Some(&signer))), Ok(()));
+        assert_eq!(label(&signed, deployment(None)), Err("unsigned"));
+        let other = DeploySigner::generate();
+        assert_eq!(label(&signed, deployment(Some(&other))), Err("bad_signature"));
+
+        let unsigned = Trust::of(&open);
+        assert_eq!(label(&unsigned, deployment(None)), Ok(()));
+
+        let nothing = Trust::of(&Fleet::default());
+        assert_eq!(label(&nothing, deployment(Some(&signer))), Err("no_key"));
+    }
+
+    #[test]
+    fn the_newest_admitted_deploy_wins_and_newer_refused_ones_are_reported() {
+        let signer = DeploySigner::generate();
+        let trust = Trust::Signed(signer.verifier());
+        let old = Deployment::new("r", b"old".to_vec(), None, Some(&signer));
+        let good = Deployment::new("r", b"good".to_vec(), None, Some(&signer));
+        let intruder = Deployment::new("r", b"intruder".to_vec(), None, None);
+        let (latest, refused) = latest_admitted(vec![old, good.clone(), intruder.clone()], &trust);
+        assert_eq!(latest.map(|d| d.version), Some(good.version));
+        let refused: Vec<_> = refused.into_iter().map(|(d, _)| d.version).collect();
+        assert_eq!(refused, [intruder.version]);
+    }
 }
