@@ -9,6 +9,7 @@ mod import;
 mod new;
 mod publish;
 mod run;
+mod shadow;
 mod test;
 mod transform;
 
@@ -78,6 +79,11 @@ enum Command {
     Deploy(deploy::DeployArgs),
     /// Return every host to the version deployed before the current one.
     Rollback(deploy::RollbackArgs),
+    /// Run a candidate beside a route's live transform on a running host
+    /// (its admin API): its actions are compared, never delivered. Then
+    /// --report, --promote or --stop. Exit 13: not a valid component; 14:
+    /// a fixture failed.
+    Shadow(shadow::ShadowArgs),
 }
 
 /// Where a command publishes.
@@ -116,6 +122,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Dlq(command) => dlq::dlq(command).await,
             Command::Deploy(args) => deploy::deploy(args).await,
             Command::Rollback(args) => deploy::rollback(args).await,
+            Command::Shadow(args) => shadow::shadow(args).await,
         }
     });
     match result {

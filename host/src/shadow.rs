@@ -363,7 +363,11 @@ mod tests {
             candidate: Some(json!(90)),
         };
         for n in 0..KEPT + 2 {
-            tally.record(&message(&format!("d{n}")), &live, Verdict::Different(vec![field.clone()]));
+            tally.record(
+                &message(&format!("d{n}")),
+                &live,
+                Verdict::Different(vec![field.clone()]),
+            );
         }
         tally.record(&message("f"), &live, Verdict::Failing("boom".into()));
         tally.record(&message("i"), &live, Verdict::Identical);
@@ -398,6 +402,37 @@ mod tests {
         assert_eq!(value["compared"], 1);
         assert_eq!(value["failures"][0]["reason"], "boom");
         assert_eq!(serde_json::from_value::<Report>(value).unwrap(), report);
+    }
+
+    #[test]
+    fn a_full_queue_skips_instead_of_waiting() {
+        let (samples, mut queue) = mpsc::channel(1);
+        let stats = Arc::new(Stats::default());
+        let shadow = Shadow {
+            route: "r".into(),
+            version: Version::of(b"candidate"),
+            candidate: Candidate {
+                bytes: Vec::new(),
+                fixtures: None,
+            },
+            since: SystemTime::now(),
+            samples,
+            tally: Arc::default(),
+            stats: stats.clone(),
+            stop: CancellationToken::new(),
+        };
+        let live = Version::of(b"live");
+        for id in ["first", "second", "third"] {
+            shadow.offer(&message(id), &Ok(Vec::new()), &live);
+        }
+        assert_eq!(lock(&shadow.tally).skipped, 2);
+        let taken = queue.try_recv().unwrap();
+        assert_eq!(taken.message.message_id.as_deref(), Some("first"));
+        assert!(
+            stats
+                .encode()
+                .contains(r#"passerelle_shadow_messages_total{route="r",outcome="skipped"} 2"#)
+        );
     }
 
     #[test]

@@ -158,7 +158,10 @@ mod tests {
         let Verdict::Different(fields) = compare(&Ok(two), &upsert(70)) else {
             panic!("not different")
         };
-        assert_eq!((fields[0].path.as_str(), fields[0].candidate.as_ref()), ("actions[1]", None));
+        assert_eq!(
+            (fields[0].path.as_str(), fields[0].candidate.as_ref()),
+            ("actions[1]", None)
+        );
     }
 
     #[test]
