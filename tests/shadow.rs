@@ -119,7 +119,7 @@ async fn a_candidate_that_changes_one_field_is_reported_never_delivers_and_is_pr
         &admin,
     ));
     assert!(
-        started.contains(&format!("candidate {candidate_version:?} beside live {live:?}")),
+        started.contains(&format!("candidate {candidate_version} beside live {live}")),
         "{started}"
     );
 
@@ -220,7 +220,9 @@ async fn a_candidate_that_changes_one_field_is_reported_never_delivers_and_is_pr
     // Promotion: a swap; the shadow ends; the next message is the candidate's.
     let promoted = succeeded(&shadow_command(&["crm-to-shop", "--promote"], &config, &admin));
     assert!(
-        promoted.contains(&format!("promoted {candidate_version:?}")),
+        promoted.contains(&format!(
+            "promoted {candidate_version} on route crm-to-shop (was {live})"
+        )),
         "{promoted}"
     );
     assert_eq!(live_version(&admin).await, candidate_version);

@@ -45,14 +45,11 @@ pub struct ShadowArgs {
 pub async fn shadow(args: ShadowArgs) -> anyhow::Result<u8> {
     let api = AdminApi::new(&args)?;
     let path = format!("/transforms/{}/shadow", args.route);
-    let (request, action) = match &args.candidate {
-        Some(candidate) => (
-            api.request(Method::POST, &path).multipart(candidate_form(candidate)?),
-            "start",
-        ),
-        None if args.report => (api.request(Method::GET, &path), "report"),
-        None if args.stop => (api.request(Method::DELETE, &path), "stop"),
-        None => (api.request(Method::POST, &format!("{path}/promote")), "promote"),
+    let request = match &args.candidate {
+        Some(candidate) => api.request(Method::POST, &path).multipart(candidate_form(candidate)?),
+        None if args.report => api.request(Method::GET, &path),
+        None if args.stop => api.request(Method::DELETE, &path),
+        None => api.request(Method::POST, &format!("{path}/promote")),
     };
     let answer = match send(request).await? {
         Ok(answer) => answer,
@@ -62,20 +59,25 @@ pub async fn shadow(args: ShadowArgs) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(0);
     }
-    match action {
-        "start" => println!(
+    let text = |key: &str| answer[key].as_str().unwrap_or("?").to_string();
+    if args.candidate.is_some() {
+        println!(
             "shadowing route {} with candidate {} beside live {}\n\
              see: passerelle shadow {0} --report (then --promote or --stop)",
-            args.route, answer["candidate"], answer["live"]
-        ),
-        "promote" => {
-            println!(
-                "promoted {} on route {} (was {})",
-                answer["version"], args.route, answer["previous"]
-            );
-            print_report(&serde_json::from_value(answer["report"].clone())?);
-        }
-        _ => print_report(&serde_json::from_value(answer)?),
+            args.route,
+            text("candidate"),
+            text("live")
+        );
+    } else if args.promote {
+        println!(
+            "promoted {} on route {} (was {})",
+            text("version"),
+            args.route,
+            text("previous")
+        );
+        print_report(&serde_json::from_value(answer["report"].clone())?);
+    } else {
+        print_report(&serde_json::from_value(answer)?);
     }
     Ok(0)
 }
