@@ -1,9 +1,10 @@
 //! The admin HTTP server inside `passerelle run`: health for the
 //! orchestrator, Prometheus metrics, the routes' transforms (list, upload,
-//! rollback), dead letters (list, replay) and the ops web page. Off unless
-//! configured; loopback by default. Everything but `/`, `/healthz`,
-//! `/readyz` and `/metrics` needs the bearer token, compared in constant
-//! time. Uploads go through the same checks and swap as a changed file.
+//! rollback, shadow runs in `admin/shadow.rs`), dead letters (list,
+//! replay) and the ops web page. Off unless configured; loopback by
+//! default. Everything but `/`, `/healthz`, `/readyz` and `/metrics` needs
+//! the bearer token, compared in constant time. Uploads go through the
+//! same checks and swap as a changed file.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +26,8 @@ use crate::ops::{deploy, dlq};
 use crate::reload::{Origin, Refusal};
 use crate::routes::RouteHandle;
 use crate::stats::BreakerState;
+
+mod shadow;
 
 const PAGE: &str = include_str!("admin/page.html");
 
@@ -64,6 +67,11 @@ fn router(settings: &Admin, parts: Parts) -> Router {
         .route("/transforms", get(transforms))
         .route("/transforms/{route}", post(upload))
         .route("/transforms/{route}/rollback", post(rollback))
+        .route(
+            "/transforms/{route}/shadow",
+            post(shadow::start).get(shadow::report).delete(shadow::stop),
+        )
+        .route("/transforms/{route}/shadow/promote", post(shadow::promote))
         .route("/dlq/{route}", get(dead_letters))
         .route("/dlq/{route}/replay", post(replay))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -77,12 +85,32 @@ fn router(settings: &Admin, parts: Parts) -> Router {
         .with_state(state)
 }
 
-/// An error answer: a status and a JSON body saying why.
-struct Problem(StatusCode, String);
+/// An error answer: a status and a JSON body saying why (`error`), and
+/// for a refused component which check refused it (`refusal`:
+/// `component` or `fixtures`), so that a client can tell them apart.
+struct Problem {
+    status: StatusCode,
+    error: String,
+    refusal: Option<&'static str>,
+}
+
+impl Problem {
+    fn new(status: StatusCode, error: String) -> Self {
+        Self {
+            status,
+            error,
+            refusal: None,
+        }
+    }
+}
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({"error": self.1}))).into_response()
+        let mut body = json!({"error": self.error});
+        if let Some(refusal) = self.refusal {
+            body["refusal"] = json!(refusal);
+        }
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -98,7 +126,7 @@ async fn require_token(State(state): State<AdminState>, headers: HeaderMap, requ
         return next.run(request).await;
     }
     let problem = "a bearer token is required (Authorization: Bearer ..., from admin.token_env)";
-    Problem(StatusCode::UNAUTHORIZED, problem.into()).into_response()
+    Problem::new(StatusCode::UNAUTHORIZED, problem.into()).into_response()
 }
 
 /// Ready when the broker is connected and every route has a transform
@@ -185,7 +213,7 @@ fn find<'a>(state: &'a AdminState, name: &str) -> Result<&'a Arc<RouteHandle>, P
         .ok_or_else(|| {
             let known: Vec<&str> = state.parts.routes.iter().map(|r| r.name.as_str()).collect();
             let problem = format!("no route {name:?} (routes: {})", known.join(", "));
-            Problem(StatusCode::NOT_FOUND, problem)
+            Problem::new(StatusCode::NOT_FOUND, problem)
         })
 }
 
@@ -198,7 +226,7 @@ struct UploadOptions {
 /// A component and its optional fixtures, from a multipart form
 /// (`component`, `fixtures`) or a raw `application/wasm` body.
 async fn read_upload(request: Request) -> Result<(Vec<u8>, Option<String>), Problem> {
-    let bad = |problem: String| Problem(StatusCode::BAD_REQUEST, problem);
+    let bad = |problem: String| Problem::new(StatusCode::BAD_REQUEST, problem);
     let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
     let is_form = content_type
         .as_ref()
@@ -207,20 +235,23 @@ async fn read_upload(request: Request) -> Result<(Vec<u8>, Option<String>), Prob
     if !is_form {
         let body = axum::body::Bytes::from_request(request, &())
             .await
-            .map_err(|rejection| Problem(rejection.status(), rejection.body_text()))?;
+            .map_err(|rejection| Problem::new(rejection.status(), rejection.body_text()))?;
         return Ok((body.to_vec(), None));
     }
     let mut form = Multipart::from_request(request, &())
         .await
-        .map_err(|rejection| Problem(rejection.status(), rejection.body_text()))?;
+        .map_err(|rejection| Problem::new(rejection.status(), rejection.body_text()))?;
     let (mut component, mut fixtures) = (None, None);
     while let Some(field) = form
         .next_field()
         .await
-        .map_err(|e| Problem(e.status(), e.body_text()))?
+        .map_err(|e| Problem::new(e.status(), e.body_text()))?
     {
         let name = field.name().unwrap_or_default().to_string();
-        let bytes = field.bytes().await.map_err(|e| Problem(e.status(), e.body_text()))?;
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|e| Problem::new(e.status(), e.body_text()))?;
         match name.as_str() {
             "component" => component = Some(bytes.to_vec()),
             "fixtures" if bytes.is_empty() => {}
@@ -240,7 +271,14 @@ async fn read_upload(request: Request) -> Result<(Vec<u8>, Option<String>), Prob
 }
 
 fn refused(refusal: Refusal) -> Problem {
-    Problem(StatusCode::UNPROCESSABLE_ENTITY, format!("refused: {refusal}"))
+    let kind = match refusal {
+        Refusal::Component(_) => "component",
+        Refusal::Fixtures(_) => "fixtures",
+    };
+    Problem {
+        refusal: Some(kind),
+        ..Problem::new(StatusCode::UNPROCESSABLE_ENTITY, format!("refused: {refusal}"))
+    }
 }
 
 async fn upload(
@@ -253,11 +291,11 @@ async fn upload(
     let (component, fixtures) = read_upload(request).await?;
     let parts = &state.parts;
     if options.fleet {
-        deploy::signer(&parts.config).map_err(|e| Problem(StatusCode::CONFLICT, format!("{e:#}")))?;
+        deploy::signer(&parts.config).map_err(|e| Problem::new(StatusCode::CONFLICT, format!("{e:#}")))?;
         let runtime = &parts.reloader.runtime;
         let deployed = deploy::deploy(&parts.config, runtime, &name, component, fixtures)
             .await
-            .map_err(|e| Problem(StatusCode::BAD_GATEWAY, format!("{e:#}")))?
+            .map_err(|e| Problem::new(StatusCode::BAD_GATEWAY, format!("{e:#}")))?
             .map_err(refused)?;
         return Ok(Json(
             json!({"route": name, "version": deployed.as_str(), "fleet": true}),
@@ -279,14 +317,14 @@ async fn rollback(State(state): State<AdminState>, Path(name): Path<String>) -> 
     let parts = &state.parts;
     let (from, to) = deploy::rollback(&parts.config, &parts.reloader.runtime, &name)
         .await
-        .map_err(|e| Problem(StatusCode::CONFLICT, format!("{e:#}")))?;
+        .map_err(|e| Problem::new(StatusCode::CONFLICT, format!("{e:#}")))?;
     Ok(Json(json!({"route": name, "from": from.as_str(), "to": to.as_str()})))
 }
 
 async fn connect(state: &AdminState) -> Result<Arc<lapin::Connection>, Problem> {
     let connection = amqp::connect(&state.parts.config.amqp.url, "passerelle-admin")
         .await
-        .map_err(|e| Problem(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+        .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
     Ok(Arc::new(connection))
 }
 
@@ -295,7 +333,7 @@ async fn dead_letters(State(state): State<AdminState>, Path(name): Path<String>)
     let connection = connect(&state).await?;
     let listed = dlq::list(&connection, &route.route).await;
     let _ = connection.close(200, "listed".into()).await;
-    let letters = listed.map_err(|e| Problem(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+    let letters = listed.map_err(|e| Problem::new(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
     let letters: Vec<Value> = letters
         .iter()
         .map(|letter| {
@@ -332,12 +370,12 @@ async fn replay(
         (false, false) => dlq::Selection::Ids(request.ids),
         _ => {
             let problem = r#"say {"all": true} or {"ids": ["..."]}, not both nor neither"#;
-            return Err(Problem(StatusCode::BAD_REQUEST, problem.into()));
+            return Err(Problem::new(StatusCode::BAD_REQUEST, problem.into()));
         }
     };
     let connection = connect(&state).await?;
     let replayed = dlq::replay(&connection, &route.route, &selection).await;
     let _ = connection.close(200, "replayed".into()).await;
-    let replayed = replayed.map_err(|e| Problem(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+    let replayed = replayed.map_err(|e| Problem::new(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
     Ok(Json(json!({"route": name, "replayed": replayed})))
 }

@@ -10,6 +10,7 @@ mod keygen;
 mod new;
 mod publish;
 mod run;
+mod shadow;
 mod test;
 mod transform;
 
@@ -82,6 +83,11 @@ enum Command {
     /// Make a key pair for signing fleet deploys: the signing key to a
     /// new file (mode 600), the public key (`fleet.verify_key`) printed.
     Keygen(keygen::KeygenArgs),
+    /// Run a candidate beside a route's live transform on a running host
+    /// (its admin API): its actions are compared, never delivered. Then
+    /// --report, --promote or --stop. Exit 13: not a valid component; 14:
+    /// a fixture failed.
+    Shadow(shadow::ShadowArgs),
 }
 
 /// Where a command publishes.
@@ -121,6 +127,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Deploy(args) => deploy::deploy(args).await,
             Command::Rollback(args) => deploy::rollback(args).await,
             Command::Keygen(args) => keygen::keygen(args).await,
+            Command::Shadow(args) => shadow::shadow(args).await,
         }
     });
     match result {

@@ -16,6 +16,7 @@ pub mod reload;
 pub mod routes;
 pub mod runtime;
 pub mod scaffold;
+pub mod shadow;
 pub mod stats;
 pub mod trace;
 pub mod version;

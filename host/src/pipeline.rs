@@ -1,9 +1,9 @@
-//! One route's message path, transport-neutral: run the transform,
-//! perform its actions, retry temporary failures in process, and say what
-//! should become of the message (`Outcome`): delivered, retry later
-//! through a delayed-retry queue, or dead letter, with the reason. The
-//! AMQP side of that decision (ack, copies, confirms) is
-//! `amqp::consumer`'s.
+//! One route's message path, transport-neutral: run the transform (and
+//! hand a copy to the route's shadow, if one runs), perform its actions,
+//! retry temporary failures in process, and say what should become of the
+//! message (`Outcome`): delivered, retry later through a delayed-retry
+//! queue, or dead letter, with the reason. The AMQP side of that decision
+//! (ack, copies, confirms) is `amqp::consumer`'s.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -174,7 +174,8 @@ impl Pipeline {
         loop {
             let transform = self.route.slot.current();
             tracing::Span::current().record("version", transform.version.as_str());
-            let failure = match self.try_once(&transform, message, trace, publisher).await {
+            let first_try = retries == 0;
+            let failure = match self.try_once(&transform, message, trace, publisher, first_try).await {
                 Ok(()) => {
                     self.stats.delivered(self.name());
                     tracing::debug!("delivered");
@@ -229,12 +230,17 @@ impl Pipeline {
         message: &Message,
         trace: &TraceContext,
         publisher: &Publisher,
+        first_try: bool,
     ) -> Result<(), Failure> {
         let version = &transform.version;
         let started = Instant::now();
         let ran = self.runtime.run(transform, &self.route.context, message).await;
         self.stats
             .transform_ran(self.name(), version.as_str(), started.elapsed());
+        if first_try {
+            // A hand-off, never a wait: the shadow's whole cost to this path.
+            self.route.shadow.offer(message, &ran, version);
+        }
         let actions = ran.map_err(|failure| Failure::from_transform(failure, version))?;
         for (index, action) in actions.iter().enumerate() {
             self.perform(action, index, message, version, trace, publisher).await?;

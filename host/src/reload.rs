@@ -1,9 +1,9 @@
 //! Hot reload: a route's transform is replaced while the host runs, from a
 //! changed file (`watch`), a fleet-wide deploy through the broker
-//! (`fleet`) or an upload to the admin API. Either way the candidate is
-//! compiled off the message path, checked against the world and against
-//! its fixtures, then swapped in atomically: messages in flight finish on
-//! the old version. A candidate that fails any check is refused and the
+//! (`fleet`), an upload to the admin API or a shadow's promotion. Either
+//! way the candidate is compiled off the message path, checked against the
+//! world and against its fixtures, then swapped in atomically: messages in
+//! flight finish on the old version. A candidate that fails any check is refused and the
 //! old version keeps serving.
 
 mod fixtures;
@@ -65,6 +65,8 @@ pub enum Origin {
     /// The latest deploy, taken at start or after a reconnect.
     LatestDeploy(Version),
     Upload,
+    /// A shadow's candidate, promoted.
+    Promotion(Version),
 }
 
 impl Origin {
@@ -79,6 +81,7 @@ impl Origin {
             Self::File(_) => Source::File,
             Self::Deploy(_) | Self::LatestDeploy(_) => Source::Deploy,
             Self::Upload => Source::Upload,
+            Self::Promotion(_) => Source::Shadow,
         }
     }
 
@@ -88,6 +91,7 @@ impl Origin {
             Self::Deploy(version) => format!("deploy of {version}"),
             Self::LatestDeploy(version) => format!("latest deploy of {version}"),
             Self::Upload => "upload".into(),
+            Self::Promotion(version) => format!("promotion of shadow {version}"),
         }
     }
 }

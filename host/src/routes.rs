@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use crate::config::{Config, Route};
 use crate::reload;
 use crate::runtime::{PoolSize, RouteContext, Runtime, Transform, TransformSlot};
+use crate::shadow::ShadowSlot;
 
 /// Where the transform a route runs came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -25,6 +26,8 @@ pub enum Source {
     Deploy,
     /// Uploaded through the admin API.
     Upload,
+    /// A shadow's candidate, promoted through the admin API.
+    Shadow,
 }
 
 /// What the admin API says of a route's transform.
@@ -46,6 +49,8 @@ pub struct RouteHandle {
     /// file reload that read the file before a deploy stored a newer
     /// version cannot install the older bytes after it.
     pub swaps: tokio::sync::Mutex<()>,
+    /// A candidate running beside the live transform, if any.
+    pub shadow: ShadowSlot,
 }
 
 impl RouteHandle {
@@ -61,6 +66,7 @@ impl RouteHandle {
                 at: SystemTime::now(),
             }),
             swaps: tokio::sync::Mutex::new(()),
+            shadow: ShadowSlot::default(),
         }
     }
 
@@ -82,12 +88,19 @@ impl RouteHandle {
 /// Instances that validation (fixtures of a candidate) may run beside
 /// the routes' messages.
 const VALIDATION_INSTANCES: u32 = 4;
+/// Instances a route's shadow runs at once: its candidate takes one
+/// message at a time, so it never takes a slot from the live messages.
+const SHADOW_INSTANCES_PER_ROUTE: u32 = 1;
 
 /// The instance pool the routes need: one instance per message a route
-/// may handle at once, and memories as large as the largest route limit.
+/// may handle at once (and one for its shadow), and memories as large as
+/// the largest route limit.
 pub fn pool_size(config: &Config) -> PoolSize {
     let routes = config.routes.values();
-    let instances = routes.clone().map(|route| u32::from(route.concurrency)).sum::<u32>();
+    let instances = routes
+        .clone()
+        .map(|route| u32::from(route.concurrency) + SHADOW_INSTANCES_PER_ROUTE)
+        .sum::<u32>();
     let max_memory = routes
         .map(|route| route.limits.guest().memory)
         .max()

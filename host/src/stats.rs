@@ -106,6 +106,12 @@ struct ReloadLabels {
     outcome: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShadowLabels {
+    route: String,
+    outcome: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Stats {
@@ -123,6 +129,7 @@ pub struct Stats {
     broker_connected: Gauge,
     connected: AtomicBool,
     ingested: Family<IngestLabels, Counter>,
+    shadowed: Family<ShadowLabels, Counter>,
 }
 
 /// From 100 µs to about 3 s: a transform takes well under a millisecond,
@@ -148,6 +155,7 @@ impl Default for Stats {
             broker_connected: Gauge::default(),
             connected: AtomicBool::new(false),
             ingested: Family::default(),
+            shadowed: Family::default(),
         };
         stats.register();
         stats
@@ -214,6 +222,12 @@ impl Stats {
             "Ingest server, by source and outcome: published (one per message the broker confirmed), \
              or why a request was refused (unauthorized, too_large, invalid, unavailable; one per request)",
             self.ingested.clone(),
+        );
+        r.register(
+            "shadow_messages",
+            "Shadow runs, by route and outcome: the candidate's actions identical to the live ones, \
+             different, failing (the candidate failed), or skipped (the candidate was behind)",
+            self.shadowed.clone(),
         );
     }
 
@@ -301,6 +315,15 @@ impl Stats {
             outcome,
         };
         self.ingested.get_or_create(&labels).inc_by(count);
+    }
+
+    /// `outcome` is `identical`, `different`, `failing` or `skipped`.
+    pub fn shadowed(&self, route: &str, outcome: &'static str) {
+        let labels = ShadowLabels {
+            route: route.to_string(),
+            outcome,
+        };
+        self.shadowed.get_or_create(&labels).inc();
     }
 
     pub fn set_broker_connected(&self, connected: bool) {
