@@ -9,6 +9,7 @@ pub mod delivery;
 pub mod host;
 pub mod import;
 pub mod ingest;
+pub mod ledger;
 pub mod logging;
 pub mod ops;
 pub mod pipeline;
