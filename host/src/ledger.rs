@@ -125,7 +125,13 @@ impl Ledger {
     /// Appends a record (confirmed by the broker), then applies it here:
     /// when this returns Ok, the value is durable and other hosts will
     /// learn it. `ttl` makes it expire.
-    pub async fn record(&self, publisher: &Publisher, key: &str, value: &str, ttl: Option<Duration>) -> anyhow::Result<()> {
+    pub async fn record(
+        &self,
+        publisher: &Publisher,
+        key: &str,
+        value: &str,
+        ttl: Option<Duration>,
+    ) -> anyhow::Result<()> {
         let expires_at = ttl.map(|ttl| now_millis().saturating_add(ttl.as_millis() as u64));
         let record = Record::Set {
             key: key.to_string(),
