@@ -20,6 +20,7 @@ use crate::amqp::{self, consumer};
 use crate::config::Config;
 use crate::delivery::Http;
 use crate::ingest::{self, IngestServer};
+use crate::memory::Memory;
 use crate::pipeline::Pipeline;
 use crate::reload::{self, Reloader, fleet};
 use crate::routes::{self, RouteHandle};
@@ -36,6 +37,8 @@ pub struct Parts {
     pub reloader: Reloader,
     pub http: Arc<Http>,
     pub stats: Arc<Stats>,
+    /// The ledgers, and each route's guard and echo.
+    pub memory: Arc<Memory>,
 }
 
 pub struct Host {
@@ -63,6 +66,7 @@ impl Host {
                 runtime,
                 stats: stats.clone(),
             },
+            memory: Arc::new(Memory::new(&config)),
             config: Arc::new(config),
             routes,
             stats,
@@ -222,6 +226,10 @@ async fn serve(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
+    // Before any route consumes: a guard holds only once its ledger is read.
+    for follower in parts.memory.catch_up(connection).await? {
+        tasks.spawn(follower.run(shutdown.clone()));
+    }
     tasks.spawn(fleet::listen(
         connection.clone(),
         parts.config.amqp.control_exchange.clone(),
@@ -237,6 +245,7 @@ async fn serve(
             parts.reloader.runtime.clone(),
             parts.http.clone(),
             parts.stats.clone(),
+            parts.memory.of(&route.name),
         );
         let grace = parts.config.amqp.shutdown_grace;
         tasks.spawn(consumer::consume(
