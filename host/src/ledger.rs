@@ -255,8 +255,8 @@ impl Ledger {
     }
 }
 
-/// Declares a ledger's stream.
-pub async fn declare(channel: &Channel, stream: &str, retention: Retention) -> anyhow::Result<()> {
+/// Declares a ledger's stream: durable, with its retention.
+async fn declare(channel: &Channel, stream: &str, retention: Retention) -> anyhow::Result<()> {
     let mut arguments = FieldTable::default();
     arguments.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
     let max_age = format!("{}s", retention.max_age.as_secs().max(1));

@@ -8,8 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use anyhow::Context as _;
-use lapin::Connection;
+use lapin::{Channel, Connection};
 use serde_json::Value;
 
 use crate::amqp::Publisher;
@@ -72,17 +71,18 @@ impl Memory {
         self.routes.get(route).cloned().unwrap_or_default()
     }
 
-    /// Declares every ledger's stream and reads it to its end; returns the
-    /// followers that keep reading. Call before consuming the routes.
-    pub async fn catch_up(&self, connection: &Arc<Connection>) -> anyhow::Result<Vec<Follower>> {
-        if self.ledgers.is_empty() {
-            return Ok(Vec::new());
-        }
-        let channel = connection.create_channel().await.context("opening a channel")?;
+    /// Declares every ledger's stream, with the routes' topology (an error
+    /// there refuses the start).
+    pub async fn declare(&self, channel: &Channel) -> anyhow::Result<()> {
         for ledger in &self.ledgers {
-            ledger.declare(&channel).await?;
+            ledger.declare(channel).await?;
         }
-        let _ = channel.close(200, "ledgers declared".into()).await;
+        Ok(())
+    }
+
+    /// Reads every ledger to its end; returns the followers that keep
+    /// reading. Call before consuming the routes.
+    pub async fn catch_up(&self, connection: &Arc<Connection>) -> anyhow::Result<Vec<Follower>> {
         let mut followers = Vec::new();
         for ledger in &self.ledgers {
             followers.push(ledger.catch_up(connection).await?);
