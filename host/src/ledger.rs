@@ -30,6 +30,8 @@ use crate::amqp::Publisher;
 
 /// Records the follower may hold unacknowledged: streams need a prefetch.
 const PREFETCH: u16 = 500;
+/// While catching up, records are acknowledged this many at a time.
+const ACK_BATCH: u32 = 100;
 /// Applies between two sweeps of expired entries.
 const SWEEP_EVERY: u32 = 1024;
 
@@ -177,6 +179,7 @@ impl Ledger {
             channel,
             consumer,
             tag,
+            unacked: 0,
         };
         let mark = format!("{:032x}", rand::random::<u128>());
         let publisher = Publisher::new(connection.clone());
@@ -281,6 +284,16 @@ pub struct Follower {
     channel: Channel,
     consumer: Consumer,
     tag: String,
+    unacked: u32,
+}
+
+/// When the follower acknowledges what it read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ack {
+    /// Every record: records trickle in while following.
+    Each,
+    /// A batch at a time, and every mark: the replay at connect.
+    Batched,
 }
 
 impl Follower {
@@ -290,7 +303,7 @@ impl Follower {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                read = self.next() => { read?; }
+                read = self.next(Ack::Each) => { read?; }
             }
         }
         let _ = self
@@ -302,12 +315,12 @@ impl Follower {
     }
 
     async fn read_until(&mut self, mark: &str) -> anyhow::Result<()> {
-        while self.next().await?.as_deref() != Some(mark) {}
+        while self.next(Ack::Batched).await?.as_deref() != Some(mark) {}
         Ok(())
     }
 
     /// Applies the next record; returns the mark it was, if so.
-    async fn next(&mut self) -> anyhow::Result<Option<String>> {
+    async fn next(&mut self, ack: Ack) -> anyhow::Result<Option<String>> {
         let stream = &self.ledger.stream;
         let delivery = match self.consumer.next().await {
             Some(Ok(delivery)) => delivery,
@@ -315,11 +328,16 @@ impl Follower {
             None => return Err(anyhow!("the broker cancelled the reader of ledger {stream}")),
         };
         let mark = self.ledger.apply_read(&delivery.data, stream_offset(&delivery));
-        // A stream counts acks to grant credit; they delete nothing.
-        delivery
-            .ack(BasicAckOptions::default())
-            .await
-            .with_context(|| format!("acknowledging a record of ledger {stream}"))?;
+        self.unacked += 1;
+        if ack == Ack::Each || mark.is_some() || self.unacked >= ACK_BATCH {
+            // A stream counts acks to grant credit; they delete nothing.
+            let up_to_here = BasicAckOptions { multiple: true };
+            delivery
+                .ack(up_to_here)
+                .await
+                .with_context(|| format!("acknowledging records of ledger {stream}"))?;
+            self.unacked = 0;
+        }
         Ok(mark)
     }
 }
