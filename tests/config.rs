@@ -283,10 +283,7 @@ fn a_bad_ingest_source_is_named_with_its_value() {
 
 /// `good_config` with a route setting added to crm-to-shop.
 fn with_route_setting(setting: &str) -> String {
-    good_config().replace(
-        "    concurrency: 4\n",
-        &format!("    concurrency: 4\n{setting}"),
-    )
+    good_config().replace("    concurrency: 4\n", &format!("    concurrency: 4\n{setting}"))
 }
 
 #[test]

@@ -123,3 +123,31 @@ async fn a_guarded_message_without_an_ordering_value_is_dead_lettered_with_the_r
     assert!(reason.contains("no ordering value at /LastModifiedDate"), "{reason}");
     assert!(setup.server.calls().is_empty());
 }
+
+#[tokio::test]
+async fn after_a_lost_connection_the_guard_still_learns_other_hosts_records() {
+    let setup = Deployment::new().await;
+    let ledger = format!("{}.guard", setup.crm_queue);
+    setup.broker.also_delete_queue(&ledger);
+    let config = setup.config_with_admin("    guard: { entity: /Id, order: /LastModifiedDate }\n", "");
+    let host = setup.start_host(&config).await;
+    let admin = host.admin_url().await;
+
+    close_connection_of(host.pid());
+    eventually("the host to reconnect", Duration::from_secs(60), async || {
+        (host.log().matches("connected to the broker").count() >= 2).then_some(())
+    })
+    .await;
+    setup.broker.wait_for_consumers(&setup.crm_queue, 1).await;
+
+    // Another host applied gg-11 as of 10:30 (its record, as a host writes it).
+    let record = r#"{"kind": "set", "key": "gg-11", "value": "2024-05-01T10:30:00Z", "origin": "another-host"}"#;
+    setup.broker.publish("", &ledger, record.as_bytes(), None).await;
+    // The record travels on its own stream; give it time to arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    publish(&setup, &account("Older name", 20), "update-1020").await;
+    wait_for_metric(&admin, DROPPED_STALE, 1.0).await;
+    publish(&setup, &account("Newer name", 40), "update-1040").await;
+    setup.server.wait_for_calls(1, Duration::from_secs(30)).await;
+    assert_eq!(names_sent(&setup), ["Newer name"]);
+}
