@@ -280,3 +280,47 @@ fn a_bad_ingest_source_is_named_with_its_value() {
     let yaml = with_ingest().replace("kind: salesforce_outbound_message", "kind: soap");
     assert_refused(&yaml, "ingest.sources.salesforce.kind", &["soap"]);
 }
+
+/// `good_config` with a route setting added to crm-to-shop.
+fn with_route_setting(setting: &str) -> String {
+    good_config().replace("    concurrency: 4\n", &format!("    concurrency: 4\n{setting}"))
+}
+
+#[test]
+fn guard_and_echo_settings_are_checked_naming_key_and_value() {
+    let guard = "    guard: { entity: /Id, order: /LastModifiedDate, compare: number, keep: 1d }\n";
+    let (output, stderr) = check(&with_route_setting(guard));
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_refused(
+        &with_route_setting("    guard: { entity: Id, order: /LastModifiedDate }\n"),
+        "routes.crm-to-shop.guard.entity",
+        &["\"Id\"", "JSON pointer", "header:<name>"],
+    );
+    assert_refused(
+        &with_route_setting("    guard: { entity: /Id, order: /LastModifiedDate, compare: date }\n"),
+        "routes.crm-to-shop.guard.compare",
+        &["date"],
+    );
+    let echo = |target: &str| {
+        with_route_setting(&format!(
+            "    echo:\n      ledger: accounts.echo\n      source: {{ endpoint: shop, entity: header:X-Id, fields: [/Name] }}\n      target: {target}\n"
+        ))
+    };
+    let (output, stderr) = check(&echo("{ endpoint: shop, entity: /crmId, fields: [/business/name] }"));
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_refused(
+        &echo("{ endpoint: shopp, entity: /crmId, fields: [/business/name] }"),
+        "routes.crm-to-shop.echo.target.endpoint",
+        &["unknown endpoint \"shopp\""],
+    );
+    assert_refused(
+        &echo("{ endpoint: shop, entity: header:X-Id, fields: [/business/name] }"),
+        "routes.crm-to-shop.echo.target.entity",
+        &["header:X-Id", "JSON pointer"],
+    );
+    assert_refused(
+        &echo("{ endpoint: shop, entity: /crmId, fields: [] }"),
+        "routes.crm-to-shop.echo.target.fields",
+        &["at least one field"],
+    );
+}

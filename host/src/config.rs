@@ -7,10 +7,12 @@
 mod env;
 mod fleet;
 mod ingest;
+mod memory;
 mod validate;
 
 pub use fleet::{Fleet, Unsigned};
 pub use ingest::{Ingest, IngestAuth, IngestSource, SourceKind};
+pub use memory::{EchoSettings, EchoSide, GuardSettings, Locator, OrderKind};
 pub use validate::redact_url;
 
 use std::collections::BTreeMap;
@@ -259,6 +261,12 @@ pub struct Route {
     /// Against other routes calling the same rate-limited endpoint.
     #[serde(default)]
     pub priority: Priority,
+    /// Drops an update older than the newest one applied to its entity.
+    #[serde(default)]
+    pub guard: Option<GuardSettings>,
+    /// Acks, without a call, a change this host wrote coming back.
+    #[serde(default)]
+    pub echo: Option<EchoSettings>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -350,6 +358,11 @@ impl Route {
     /// Where messages that can never succeed are kept, with their reason.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead", self.queue)
+    }
+
+    /// The stream where the guard keeps the newest ordering value per entity.
+    pub fn guard_ledger(&self) -> String {
+        format!("{}.guard", self.queue)
     }
 
     /// The delayed-retry queue of each ladder step, named by its delay

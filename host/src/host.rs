@@ -20,6 +20,7 @@ use crate::amqp::{self, consumer};
 use crate::config::Config;
 use crate::delivery::Http;
 use crate::ingest::{self, IngestServer};
+use crate::memory::Memory;
 use crate::pipeline::Pipeline;
 use crate::reload::{self, Reloader, fleet};
 use crate::routes::{self, RouteHandle};
@@ -36,6 +37,8 @@ pub struct Parts {
     pub reloader: Reloader,
     pub http: Arc<Http>,
     pub stats: Arc<Stats>,
+    /// The ledgers, and each route's guard and echo.
+    pub memory: Arc<Memory>,
 }
 
 pub struct Host {
@@ -63,6 +66,7 @@ impl Host {
                 runtime,
                 stats: stats.clone(),
             },
+            memory: Arc::new(Memory::new(&config)),
             config: Arc::new(config),
             routes,
             stats,
@@ -73,7 +77,7 @@ impl Host {
             None => None,
         };
         reload::watch_components(&parts.routes, &parts.reloader, shutdown.clone())?;
-        let connection = connect_and_declare(&parts.config).await?;
+        let connection = connect_and_declare(&parts.config, &parts.memory).await?;
         // After the topology is declared, so that the first webhooks find their queues.
         let ingest = match &parts.config.ingest {
             Some(settings) => {
@@ -158,7 +162,7 @@ async fn serve_until_shutdown(
             }
             Err(error) => tracing::warn!("connection lost, reconnecting: {error:#}"),
         }
-        match reconnect(&parts.config, &shutdown).await {
+        match reconnect(&parts.config, &parts.memory, &shutdown).await {
             Some(next) => connection = next,
             None => return Ok(()),
         }
@@ -175,14 +179,14 @@ fn announce(trust: &fleet::Trust) {
 }
 
 /// Connects again with exponential backoff; None when a shutdown came first.
-async fn reconnect(config: &Config, shutdown: &CancellationToken) -> Option<Arc<Connection>> {
+async fn reconnect(config: &Config, memory: &Memory, shutdown: &CancellationToken) -> Option<Arc<Connection>> {
     let mut delay = Duration::from_secs(1);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => return None,
         }
-        match connect_and_declare(config).await {
+        match connect_and_declare(config, memory).await {
             Ok(connection) => return Some(connection),
             Err(error) => tracing::warn!("{error:#}; retrying in {:?}", delay * 2),
         }
@@ -190,22 +194,23 @@ async fn reconnect(config: &Config, shutdown: &CancellationToken) -> Option<Arc<
     }
 }
 
-async fn connect_and_declare(config: &Config) -> anyhow::Result<Arc<Connection>> {
+async fn connect_and_declare(config: &Config, memory: &Memory) -> anyhow::Result<Arc<Connection>> {
     // The pid tells an operator (and a test) which host a connection is.
     let name = format!("passerelle pid {}", std::process::id());
     let connection = Arc::new(amqp::connect(&config.amqp.url, &name).await?);
-    if let Err(error) = declare_all(&connection, config).await {
+    if let Err(error) = declare_all(&connection, config, memory).await {
         let _ = connection.close(200, "declaring failed".into()).await;
         return Err(error);
     }
     Ok(connection)
 }
 
-async fn declare_all(connection: &Connection, config: &Config) -> anyhow::Result<()> {
+async fn declare_all(connection: &Connection, config: &Config, memory: &Memory) -> anyhow::Result<()> {
     let channel = connection.create_channel().await.context("opening a channel")?;
     for route in config.routes.values() {
         amqp::declare_topology(&channel, route).await?;
     }
+    memory.declare(&channel).await?;
     let routes: Vec<String> = config.routes.keys().cloned().collect();
     fleet::declare(&channel, &config.amqp.control_exchange, &routes).await?;
     let _ = channel.close(200, "topology declared".into()).await;
@@ -222,6 +227,10 @@ async fn serve(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
+    // Before any route consumes: a guard holds only once its ledger is read.
+    for follower in parts.memory.catch_up(connection).await? {
+        tasks.spawn(follower.run(shutdown.clone()));
+    }
     tasks.spawn(fleet::listen(
         connection.clone(),
         parts.config.amqp.control_exchange.clone(),
@@ -237,6 +246,7 @@ async fn serve(
             parts.reloader.runtime.clone(),
             parts.http.clone(),
             parts.stats.clone(),
+            parts.memory.of(&route.name),
         );
         let grace = parts.config.amqp.shutdown_grace;
         tasks.spawn(consumer::consume(

@@ -12,6 +12,7 @@ use rand::Rng as _;
 
 use crate::amqp::{Publisher, headers};
 use crate::delivery::{CallContext, DeliveryError, Http};
+use crate::memory::{DropReason, Keys, RouteMemory};
 use crate::routes::RouteHandle;
 use crate::runtime::{Action, Message, Runtime, Transform, TransformFailure, bounded_reason};
 use crate::stats::{RetryKind, Stats};
@@ -33,10 +34,12 @@ pub enum FailureClass {
     Publish,
     /// A body larger than the route's `limits.body`: never given to the transform.
     TooLarge,
+    /// A guarded route's message without a readable entity key or ordering value.
+    GuardKey,
 }
 
 impl FailureClass {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::TransformReject,
         Self::TransformRetry,
         Self::TransformTrap,
@@ -46,6 +49,7 @@ impl FailureClass {
         Self::Network,
         Self::Publish,
         Self::TooLarge,
+        Self::GuardKey,
     ];
 
     pub fn label(self) -> &'static str {
@@ -59,6 +63,7 @@ impl FailureClass {
             Self::Network => "network",
             Self::Publish => "publish",
             Self::TooLarge => "too_large",
+            Self::GuardKey => "guard_key",
         }
     }
 }
@@ -127,6 +132,12 @@ pub enum Outcome {
     RetryLater { failure: Failure, queue: String },
     /// A permanent failure, or the ladder is used up.
     DeadLetter(Failure),
+    /// Stale or an echo: ack it, nothing to do.
+    Dropped(DropReason),
+    /// Delivered, but what the route must remember of it could not be
+    /// recorded: requeue it, so that it is delivered again (the
+    /// `Idempotency-Key` makes that harmless) and recorded.
+    Unrecorded,
 }
 
 /// What the route's workers share.
@@ -135,15 +146,23 @@ pub struct Pipeline {
     runtime: Runtime,
     http: Arc<Http>,
     stats: Arc<Stats>,
+    memory: RouteMemory,
 }
 
 impl Pipeline {
-    pub fn new(route: Arc<RouteHandle>, runtime: Runtime, http: Arc<Http>, stats: Arc<Stats>) -> Self {
+    pub fn new(
+        route: Arc<RouteHandle>,
+        runtime: Runtime,
+        http: Arc<Http>,
+        stats: Arc<Stats>,
+        memory: RouteMemory,
+    ) -> Self {
         Self {
             route,
             runtime,
             http,
             stats,
+            memory,
         }
     }
 
@@ -161,7 +180,8 @@ impl Pipeline {
         self.http.wait_until_usable(&self.route.route.endpoints).await;
     }
 
-    /// Tries the whole message (transform and actions), retrying temporary
+    /// Drops the message when the route's memory says it is stale or an
+    /// echo; else tries it (transform and actions), retrying temporary
     /// failures in process with exponential backoff and full jitter, and
     /// says what should become of it. `trace` is the message's span.
     pub async fn process(&self, message: &Message, trace: &TraceContext, publisher: &Publisher) -> Outcome {
@@ -169,6 +189,23 @@ impl Pipeline {
         if let Some(failure) = self.too_large(message) {
             return Outcome::DeadLetter(failure);
         }
+        let keys = match self.memory.read(message) {
+            Ok(keys) => keys,
+            Err(reason) => {
+                let version = self.route.slot.current().version.clone();
+                return Outcome::DeadLetter(Failure::permanent(FailureClass::GuardKey, reason, &version));
+            }
+        };
+        let _turn = self.memory.turn(&keys).await;
+        if let Some((reason, detail)) = self.memory.verdict(&keys) {
+            self.stats.dropped(self.name(), reason.label());
+            tracing::info!("dropped ({}): {detail}", reason.label());
+            return Outcome::Dropped(reason);
+        }
+        self.deliver(message, &keys, trace, publisher).await
+    }
+
+    async fn deliver(&self, message: &Message, keys: &Keys, trace: &TraceContext, publisher: &Publisher) -> Outcome {
         let retry = &self.route.route.retry;
         let mut retries = 0;
         loop {
@@ -176,7 +213,11 @@ impl Pipeline {
             tracing::Span::current().record("version", transform.version.as_str());
             let first_try = retries == 0;
             let failure = match self.try_once(&transform, message, trace, publisher, first_try).await {
-                Ok(()) => {
+                Ok(actions) => {
+                    if let Err(error) = self.memory.remember(publisher, keys, &actions).await {
+                        tracing::error!("delivered, but not recorded; requeued to be delivered again: {error:#}");
+                        return Outcome::Unrecorded;
+                    }
                     self.stats.delivered(self.name());
                     tracing::debug!("delivered");
                     return Outcome::Delivered {
@@ -231,7 +272,7 @@ impl Pipeline {
         trace: &TraceContext,
         publisher: &Publisher,
         first_try: bool,
-    ) -> Result<(), Failure> {
+    ) -> Result<Vec<Action>, Failure> {
         let version = &transform.version;
         let started = Instant::now();
         let ran = self.runtime.run(transform, &self.route.context, message).await;
@@ -245,7 +286,7 @@ impl Pipeline {
         for (index, action) in actions.iter().enumerate() {
             self.perform(action, index, message, version, trace, publisher).await?;
         }
-        Ok(())
+        Ok(actions)
     }
 
     async fn perform(

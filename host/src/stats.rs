@@ -120,6 +120,7 @@ pub struct Stats {
     delivered: Family<RouteLabel, Counter>,
     retried: Family<RetryLabels, Counter>,
     dead_lettered: Family<ReasonLabels, Counter>,
+    dropped: Family<ReasonLabels, Counter>,
     transform_seconds: Histograms<VersionLabels>,
     http_seconds: Histograms<CallLabels>,
     breaker_state: Family<EndpointLabel, Gauge>,
@@ -146,6 +147,7 @@ impl Default for Stats {
             delivered: Family::default(),
             retried: Family::default(),
             dead_lettered: Family::default(),
+            dropped: Family::default(),
             transform_seconds: Family::new_with_constructor(duration_buckets),
             http_seconds: Family::new_with_constructor(duration_buckets),
             breaker_state: Family::default(),
@@ -184,6 +186,12 @@ impl Stats {
             "messages_dead_lettered",
             "Messages moved to the dead-letter queue, by reason class",
             self.dead_lettered.clone(),
+        );
+        r.register(
+            "messages_dropped",
+            "Messages acked without delivery: stale (older than an update of their entity already applied) \
+             or echo (their source already holds what they report)",
+            self.dropped.clone(),
         );
         r.register(
             "transform_duration_seconds",
@@ -254,6 +262,15 @@ impl Stats {
             reason: reason.to_string(),
         };
         self.dead_lettered.get_or_create(&labels).inc();
+    }
+
+    /// `reason` is `stale` or `echo`.
+    pub fn dropped(&self, route: &str, reason: &str) {
+        let labels = ReasonLabels {
+            route: route.to_string(),
+            reason: reason.to_string(),
+        };
+        self.dropped.get_or_create(&labels).inc();
     }
 
     pub fn transform_ran(&self, route: &str, version: &str, took: Duration) {

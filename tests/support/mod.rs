@@ -936,3 +936,27 @@ pub fn new_version() -> Vec<u8> {
     bytes.extend_from_slice(payload.as_bytes());
     bytes
 }
+
+/// One series of a host's `/metrics` (`name{labels}` exactly as written),
+/// 0 when it has not been counted yet.
+pub async fn metric(admin: &str, series: &str) -> f64 {
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until a host's series reaches `value`.
+pub async fn wait_for_metric(admin: &str, series: &str, value: f64) {
+    eventually(
+        &format!("{series} to reach {value}"),
+        Duration::from_secs(60),
+        async || (metric(admin, series).await >= value).then_some(()),
+    )
+    .await;
+}

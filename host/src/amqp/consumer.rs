@@ -108,8 +108,9 @@ async fn handle(pipeline: &Pipeline, delivery: Delivery, publisher: &Publisher) 
     .await
 }
 
-/// Acks once delivered, or once moved (confirmed) to a delayed-retry queue
-/// or the dead-letter queue; requeues when even that move failed.
+/// Acks once delivered (and recorded) or dropped, or once moved
+/// (confirmed) to a delayed-retry queue or the dead-letter queue;
+/// requeues when the record or the move failed.
 async fn settle(
     pipeline: &Pipeline,
     delivery: &Delivery,
@@ -119,7 +120,8 @@ async fn settle(
     publisher: &Publisher,
 ) {
     let moved = match &outcome {
-        Outcome::Delivered { .. } => Ok(()),
+        Outcome::Delivered { .. } | Outcome::Dropped(_) => Ok(()),
+        Outcome::Unrecorded => Err(anyhow!("its delivery could not be recorded")),
         Outcome::RetryLater { failure, queue } => {
             let moved = retry_later(delivery, message, trace, failure, queue, publisher).await;
             if moved.is_ok() {
@@ -138,7 +140,7 @@ async fn settle(
     let settled = match moved {
         Ok(()) => delivery.ack(Default::default()).await,
         Err(error) => {
-            tracing::error!("could not move a failed message, the broker will redeliver it: {error:#}");
+            tracing::error!("could not settle a message, the broker will redeliver it: {error:#}");
             let requeue = BasicNackOptions {
                 requeue: true,
                 ..Default::default()

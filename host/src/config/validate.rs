@@ -7,7 +7,7 @@ use std::path::Path;
 
 use bytesize::ByteSize;
 
-use super::{Auth, Config, Endpoint, Location, Operation, Route, Secret, Secrets};
+use super::{Auth, Config, EchoSettings, Endpoint, Location, Locator, Operation, Route, Secret, Secrets};
 
 pub(super) type Problem = (String, String);
 
@@ -22,6 +22,7 @@ pub fn check(config: &mut Config, base: &Path, secrets: Secrets) -> Result<(), P
     for (name, route) in &mut config.routes {
         check_route(name, route, &config.endpoints, base)?;
     }
+    check_echo_ledgers(&config.routes)?;
     if let (Some(admin), Secrets::Read) = (&mut config.admin, secrets) {
         admin.token = secret_from_env("admin.token_env", &admin.token_env)?;
         if admin.token.expose().is_empty() {
@@ -324,6 +325,96 @@ fn check_route(
     ];
     if let Some((name, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
         return Err((format!("{key}.limits.{name}"), "must be more than 0".into()));
+    }
+    if let Some(guard) = &route.guard
+        && guard.keep.as_secs() == 0
+    {
+        return Err((format!("{key}.guard.keep"), "must be at least 1s".into()));
+    }
+    if let Some(echo) = &route.echo {
+        check_echo(&format!("{key}.echo"), echo, &route.endpoints, endpoints)?;
+    }
+    Ok(())
+}
+
+fn check_echo(
+    key: &str,
+    echo: &EchoSettings,
+    route_endpoints: &[String],
+    endpoints: &std::collections::BTreeMap<String, Endpoint>,
+) -> Result<(), Problem> {
+    if echo.ledger.trim().is_empty() {
+        return Err((format!("{key}.ledger"), "must name a stream".into()));
+    }
+    if echo.ttl.as_secs() == 0 {
+        return Err((format!("{key}.ttl"), "must be at least 1s".into()));
+    }
+    for (side, settings) in [("source", &echo.source), ("target", &echo.target)] {
+        if !endpoints.contains_key(&settings.endpoint) {
+            let known: Vec<&str> = endpoints.keys().map(String::as_str).collect();
+            let problem = format!(
+                "unknown endpoint {:?} (declared: {})",
+                settings.endpoint,
+                known.join(", ")
+            );
+            return Err((format!("{key}.{side}.endpoint"), problem));
+        }
+        if settings.fields.is_empty() {
+            return Err((format!("{key}.{side}.fields"), "name at least one field".into()));
+        }
+    }
+    if !route_endpoints.contains(&echo.target.endpoint) {
+        let problem = format!("{:?} is not among the route's endpoints", echo.target.endpoint);
+        return Err((format!("{key}.target.endpoint"), problem));
+    }
+    // The target side reads the args of a call: there are no headers there.
+    let target = std::iter::once(("entity".to_string(), &echo.target.entity)).chain(
+        echo.target
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (format!("fields[{i}]"), f)),
+    );
+    for (field, locator) in target {
+        if let Locator::Header(_) = locator {
+            let problem = format!("{locator} reads a header; a call's args have none: use a JSON pointer");
+            return Err((format!("{key}.target.{field}"), problem));
+        }
+    }
+    Ok(())
+}
+
+/// Routes that share an echo ledger must agree on it: one retention for
+/// its stream, and one number of fields per system, or fingerprints of a
+/// system's events and of the writes to it would never compare.
+fn check_echo_ledgers(routes: &std::collections::BTreeMap<String, Route>) -> Result<(), Problem> {
+    let mut seen: std::collections::BTreeMap<&str, (&str, &EchoSettings)> = Default::default();
+    let mut fields: std::collections::BTreeMap<(&str, &str), (String, usize)> = Default::default();
+    for (name, route) in routes {
+        let Some(echo) = &route.echo else { continue };
+        let key = format!("routes.{name}.echo");
+        if let Some((first, earlier)) = seen.insert(&echo.ledger, (name, echo))
+            && earlier.ttl != echo.ttl
+        {
+            let problem = format!(
+                "{:?} differs from routes.{first}.echo.ttl {:?}, which shares ledger {}",
+                humantime::format_duration(echo.ttl).to_string(),
+                humantime::format_duration(earlier.ttl).to_string(),
+                echo.ledger
+            );
+            return Err((format!("{key}.ttl"), problem));
+        }
+        for (side, settings) in [("source", &echo.source), ("target", &echo.target)] {
+            let here = (format!("{key}.{side}.fields"), settings.fields.len());
+            let entry = fields.entry((&echo.ledger, &settings.endpoint)).or_insert(here.clone());
+            if entry.1 != here.1 {
+                let problem = format!(
+                    "{} field(s) for {}, but {} has {}: a system's events and the writes to it must name the same fields",
+                    here.1, settings.endpoint, entry.0, entry.1
+                );
+                return Err((here.0, problem));
+            }
+        }
     }
     Ok(())
 }
