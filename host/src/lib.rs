@@ -6,6 +6,8 @@ pub mod admin;
 pub mod amqp;
 pub mod config;
 pub mod delivery;
+#[cfg(test)]
+mod fuzzing;
 pub mod host;
 pub mod import;
 pub mod ingest;
