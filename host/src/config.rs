@@ -22,6 +22,9 @@ use serde::Deserialize;
 
 use crate::runtime::GuestLimits;
 
+/// The key of an error about the whole file (not a mapping, say).
+const TOP_LEVEL: &str = "(top level)";
+
 /// A configuration error: where it is, and what is wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {key}: {problem}")]
@@ -481,7 +484,10 @@ impl Config {
         env::interpolate(&mut tree, &mut Vec::new(), &mut substituted)
             .map_err(|(key, problem)| error(&substituted, key, problem))?;
         let raw: RawConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
-            let key = e.path().to_string();
+            let key = match e.path().iter().next() {
+                None => TOP_LEVEL.to_string(),
+                Some(_) => e.path().to_string(),
+            };
             error(&substituted, key, e.into_inner().to_string())
         })?;
         let mut config = Config {
@@ -545,6 +551,10 @@ mod defaults {
     }
 }
 
+/// The slowest pace a rate may set, per second: one a day. Slower would
+/// put waits past what timers can hold.
+pub const MIN_RATE: f64 = 1.0 / 86_400.0;
+
 /// Rates written as a count per unit: `50/s`, `600/m`, `1000/h`.
 mod rate {
     pub fn parse(text: &str) -> Result<f64, String> {
@@ -560,7 +570,11 @@ mod rate {
         if !(count.is_finite() && count > 0.0) {
             return Err(format!("invalid rate {text:?}: the count must be more than 0"));
         }
-        Ok(count / seconds)
+        let rate = count / seconds;
+        if rate < super::MIN_RATE {
+            return Err(format!("invalid rate {text:?}: less than one a day"));
+        }
+        Ok(rate)
     }
 
     pub mod option {
@@ -579,7 +593,7 @@ mod rate {
             assert_eq!(super::parse("50/s"), Ok(50.0));
             assert_eq!(super::parse("600/m"), Ok(10.0));
             assert_eq!(super::parse(" 3600 / h "), Ok(1.0));
-            for bad in ["fast", "50", "50/d", "0/s", "-1/s", "x/s"] {
+            for bad in ["fast", "50", "50/d", "0/s", "-1/s", "x/s", "1e-300/s", "0.01/h"] {
                 let error = super::parse(bad).unwrap_err();
                 assert!(error.contains(&format!("{bad:?}")), "{error}");
             }
@@ -598,9 +612,17 @@ mod duration {
         parse(&text).map_err(serde::de::Error::custom)
     }
 
+    /// The longest duration a setting takes: longer is surely a slip, and
+    /// timers and breakers add durations to the clock.
+    pub const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
     pub fn parse(text: &str) -> Result<Duration, String> {
-        humantime::parse_duration(text)
-            .map_err(|e| format!("invalid duration {text:?} ({e}); expected e.g. 500ms, 5s, 2m"))
+        let duration = humantime::parse_duration(text)
+            .map_err(|e| format!("invalid duration {text:?} ({e}); expected e.g. 500ms, 5s, 2m"))?;
+        if duration > MAX {
+            return Err(format!("invalid duration {text:?}: longer than a year"));
+        }
+        Ok(duration)
     }
 
     pub mod list {
@@ -620,6 +642,23 @@ mod duration {
 
         pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
             super::deserialize(deserializer).map(Some)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Fuzz finding (`config::fuzz::accepted_durations_and_rates_are_bounded`):
+        /// `cool_down: 18446744073709551615s` was taken, and the breaker
+        /// panicked adding it to the clock.
+        #[test]
+        fn a_duration_longer_than_a_year_is_refused_by_value() {
+            assert_eq!(parse("365days"), Ok(MAX));
+            for long in ["366days", "18446744073709551615s"] {
+                let error = parse(long).unwrap_err();
+                assert!(error.contains(&format!("{long:?}")), "{error}");
+            }
         }
     }
 }

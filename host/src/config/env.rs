@@ -45,14 +45,18 @@ pub fn interpolate(
 pub struct Substitutions(Vec<(String, String)>);
 
 impl Substitutions {
-    /// Writes `${NAME}` back in place of every substituted value.
+    /// Writes `${NAME}` back in place of every substituted value, as it is
+    /// or as `{:?}` quotes it (escaping tabs, quotes, backslashes...).
     pub fn hide_in(&self, text: &str) -> String {
         // Very short values would mask unrelated text; they are no secret.
         const SHORTEST_HIDDEN: usize = 3;
         let mut text = text.to_string();
         for (name, value) in &self.0 {
             if value.len() >= SHORTEST_HIDDEN {
-                text = text.replace(value.as_str(), &format!("${{{name}}}"));
+                let reference = format!("${{{name}}}");
+                let quoted = format!("{value:?}");
+                let escaped = &quoted[1..quoted.len() - 1];
+                text = text.replace(value.as_str(), &reference).replace(escaped, &reference);
             }
         }
         text
@@ -61,6 +65,9 @@ impl Substitutions {
 
 /// `["routes", "a", "bindings", "[0]"]` reads `routes.a.bindings[0]`.
 fn key_path(segments: &[String]) -> String {
+    if segments.is_empty() {
+        return super::TOP_LEVEL.into();
+    }
     let mut path = String::new();
     for segment in segments {
         if !path.is_empty() && !segment.starts_with('[') {
@@ -126,6 +133,25 @@ mod tests {
         interpolate(&mut tree, &mut Vec::new(), &mut substituted).unwrap();
         let path = std::env::var("PATH").unwrap();
         assert_eq!(substituted.hide_in(&format!("bad {path}!")), "bad ${PATH}!");
+    }
+
+    /// Fuzz finding (`fuzz::a_substituted_value_never_shows_in_an_error`):
+    /// errors quote values with `{:?}`, and a value with a tab, a quote or
+    /// a backslash showed through in its escaped form.
+    #[test]
+    fn a_substituted_value_is_hidden_in_its_quoted_form_too() {
+        let substituted = Substitutions(vec![("PASS".into(), "pa\"ss\tword".into())]);
+        let problem = format!("{:?} is not a URL", "http://u:pa\"ss\tword@h");
+        assert_eq!(substituted.hide_in(&problem), r#""http://u:${PASS}@h" is not a URL"#);
+    }
+
+    /// Fuzz finding (`config::fuzz::any_text_is_a_config_or_an_error_naming_the_file`):
+    /// a file that is one bad string gave an error with an empty key.
+    #[test]
+    fn an_error_in_a_file_of_one_string_names_the_top_level() {
+        let mut tree = serde_json::json!("${");
+        let (key, _) = interpolate(&mut tree, &mut Vec::new(), &mut Substitutions::default()).unwrap_err();
+        assert_eq!(key, "(top level)");
     }
 
     #[test]
