@@ -241,14 +241,21 @@ async fn classify(response: reqwest::Response, name: &str, auth: &Authenticator)
     })
 }
 
-/// `Retry-After` as seconds or as an HTTP date.
+/// The longest `Retry-After` honoured. A target may ask for any number of
+/// seconds; past this, its breaker's probes find out when it is back.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` as seconds or as an HTTP date, at most `MAX_RETRY_AFTER`.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let date = httpdate::parse_http_date(value).ok()?;
-    Some(date.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let date = httpdate::parse_http_date(value).ok()?;
+            date.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// The start of an error body: often the only clue to a 4xx.
@@ -283,5 +290,16 @@ mod tests {
 
         headers.insert(RETRY_AFTER, "soon".parse().unwrap());
         assert_eq!(retry_after(&headers), None);
+    }
+
+    /// Fuzz finding (`fuzz::seconds_read_as_they_are_up_to_the_ceiling`):
+    /// the breaker added this wait to the clock and panicked.
+    #[test]
+    fn a_retry_after_past_any_clock_waits_the_ceiling() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "18446744073709551615".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
+        headers.insert(RETRY_AFTER, "Fri, 31 Dec 9999 23:59:59 GMT".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
     }
 }
