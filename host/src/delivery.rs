@@ -303,3 +303,68 @@ mod tests {
         assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use reqwest::header::HeaderValue;
+
+    use super::*;
+    use crate::fuzzing;
+
+    const TOKENS: &[&str] = &[
+        "0",
+        "1",
+        "9",
+        "18446744073709551615",
+        "99999999999999999999",
+        "-",
+        "+",
+        " ",
+        ",",
+        ":",
+        "GMT",
+        "Sun",
+        "Nov",
+        "2026",
+        "9999",
+        "Thu, 01 Jan 1970 00:00:00 GMT",
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+    ];
+
+    fn retry_after_of(value: &str) -> Option<Option<Duration>> {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(value).ok()?);
+        Some(retry_after(&headers))
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(1024))]
+
+        #[test]
+        fn any_retry_after_is_none_or_a_bounded_wait(value in fuzzing::text(TOKENS, 8)) {
+            if let Some(Some(wait)) = retry_after_of(&value) {
+                prop_assert!(wait <= MAX_RETRY_AFTER, "{:?} from {:?}", wait, value);
+            }
+        }
+
+        #[test]
+        fn seconds_read_as_they_are_up_to_the_ceiling(seconds in any::<u64>()) {
+            let wait = retry_after_of(&seconds.to_string()).unwrap();
+            prop_assert_eq!(wait, Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER)));
+        }
+
+        #[test]
+        fn a_date_reads_as_the_time_until_it(offset in -400_000_000i64..400_000_000) {
+            let now = SystemTime::now();
+            let date = if offset >= 0 {
+                now + Duration::from_secs(offset.unsigned_abs())
+            } else {
+                now - Duration::from_secs(offset.unsigned_abs())
+            };
+            let wait = retry_after_of(&httpdate::fmt_http_date(date)).unwrap().unwrap();
+            let expected = Duration::from_secs(offset.max(0).unsigned_abs()).min(MAX_RETRY_AFTER);
+            prop_assert!(wait <= expected && expected - wait <= Duration::from_secs(2), "{:?} for {}", wait, offset);
+        }
+    }
+}
