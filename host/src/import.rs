@@ -109,7 +109,11 @@ pub fn ndjson_records(mut input: impl BufRead) -> impl Iterator<Item = std::io::
 /// strings keyed by the header's names.
 pub fn csv_records(input: impl BufRead) -> impl Iterator<Item = std::io::Result<Record>> {
     let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(input);
-    let header = reader.byte_headers().cloned().map_err(|e| e.to_string());
+    let header = reader
+        .byte_headers()
+        .cloned()
+        .map_err(|e| e.to_string())
+        .and_then(unique_names);
     let mut rows = reader.into_byte_records();
     let mut header_reported = false;
     std::iter::from_fn(move || {
@@ -137,6 +141,19 @@ pub fn csv_records(input: impl BufRead) -> impl Iterator<Item = std::io::Result<
             },
         }))
     })
+}
+
+/// Two columns of one name would be one field of the JSON object, and one
+/// column's values would be lost.
+fn unique_names(names: csv::ByteRecord) -> Result<csv::ByteRecord, String> {
+    let mut seen = std::collections::BTreeSet::new();
+    match names.iter().find(|name| !seen.insert(*name)) {
+        Some(twice) => Err(format!(
+            "it names {:?} twice: one column's values would be lost",
+            String::from_utf8_lossy(twice)
+        )),
+        None => Ok(names),
+    }
 }
 
 fn csv_object(names: &csv::ByteRecord, row: &csv::ByteRecord) -> Result<Vec<u8>, String> {
@@ -369,6 +386,17 @@ mod tests {
             "{:?}",
             records[2].1
         );
+    }
+
+    /// Fuzz finding (`fuzz::csv_rows_read_back_as_objects_of_their_header`):
+    /// a header naming a column twice kept only the last column's values.
+    #[test]
+    fn a_header_naming_a_column_twice_is_a_bad_line() {
+        let records = bodies(csv_records("Id,Name,Id\n1,a,2\n".as_bytes()));
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].0, 1);
+        let problem = records[0].1.as_ref().unwrap_err();
+        assert!(problem.contains("\"Id\" twice"), "{problem}");
     }
 
     #[test]
