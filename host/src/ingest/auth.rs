@@ -60,7 +60,8 @@ fn query_value(query: &str, name: &str) -> Option<Vec<u8>> {
 }
 
 fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+    // `from_str_radix` alone would take a sign: `+f` is no hex pair.
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())
@@ -124,6 +125,14 @@ mod tests {
         assert!(!body_signed(Some(&auth), &signed(&sign(b"other", body)), body));
         assert!(!body_signed(Some(&auth), &signed("zz"), body));
         assert!(!body_signed(Some(&auth), &HeaderMap::new(), body));
+    }
+
+    /// Fuzz finding (`fuzz::hex_reads_back_what_it_decodes`): a `+` was
+    /// read as part of a hex pair (`+f` as 0x0f).
+    #[test]
+    fn a_signature_with_a_sign_is_no_hex() {
+        assert_eq!(hex_decode("+f0a"), None);
+        assert_eq!(hex_decode("0F0a"), Some(vec![0x0f, 0x0a]));
     }
 
     #[test]
