@@ -42,7 +42,8 @@ pub enum FaultCode {
     Server,
 }
 
-/// A SOAP 1.1 fault saying why the envelope was not taken.
+/// A SOAP 1.1 fault saying why the envelope was not taken. The reason may
+/// quote what the sender sent: characters XML cannot hold become U+FFFD.
 pub fn fault(code: FaultCode, reason: &str) -> String {
     let code = match code {
         FaultCode::Client => "soapenv:Client",
@@ -59,8 +60,17 @@ pub fn fault(code: FaultCode, reason: &str) -> String {
  </soapenv:Body>
 </soapenv:Envelope>
 "#,
-        reason = escape(reason)
+        reason = escape(xml_text(reason))
     )
+}
+
+/// `text` with what XML 1.0 cannot carry (controls, U+FFFE, U+FFFF) replaced.
+fn xml_text(text: &str) -> String {
+    let allowed =
+        |c: char| matches!(c, '\t' | '\n' | '\r' | ' '..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..);
+    text.chars()
+        .map(|c| if allowed(c) { c } else { char::REPLACEMENT_CHARACTER })
+        .collect()
 }
 
 /// One outbound message, as far as Passerelle needs it.
@@ -371,6 +381,18 @@ mod tests {
         }
         let nested = format!("{}x{}", "<a>".repeat(40), "</a>".repeat(40));
         assert!(parse(&nested).unwrap_err().contains("deeper than"));
+    }
+
+    /// Fuzz finding (`fuzz::a_fault_is_xml_that_says_its_reason`): a reason
+    /// quoting a control character the sender sent made a fault that is
+    /// not XML.
+    #[test]
+    fn a_fault_replaces_what_xml_cannot_hold() {
+        let text = fault(FaultCode::Client, "organization 00D\u{1}\u{ffff} is not accepted");
+        assert!(
+            text.contains("organization 00D\u{fffd}\u{fffd} is not accepted"),
+            "{text}"
+        );
     }
 
     #[test]
