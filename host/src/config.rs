@@ -649,7 +649,7 @@ mod duration {
     mod tests {
         use super::*;
 
-        /// Fuzz finding (`config::fuzz::accepted_durations_and_rates_are_bounded`):
+        /// Fuzz finding (`config::fuzz::every_edge_value_in_every_place_is_taken_bounded_or_refused_there`):
         /// `cool_down: 18446744073709551615s` was taken, and the breaker
         /// panicked adding it to the clock.
         #[test]
@@ -910,7 +910,7 @@ ingest:
         assert!(config.ingest.is_some() && config.admin.is_some());
     }
 
-    /// Fuzz findings (`a_changed_value_is_taken_or_refused_where_it_is`,
+    /// Fuzz findings (`every_edge_value_in_every_place_is_taken_bounded_or_refused_there`,
     /// `a_renamed_parameter_is_taken_or_refused_by_name`): each was taken,
     /// then panicked or failed the host later.
     #[test]
@@ -936,6 +936,34 @@ ingest:
         }
     }
 
+    /// Taken or refused where it is, as below.
+    fn check_changed(path: &str, result: Result<Config, ConfigError>) -> Result<(), TestCaseError> {
+        match result {
+            Ok(config) => check_bounded(&config),
+            Err(error) => {
+                let place: Vec<&str> = path.splitn(3, '.').take(2).collect();
+                prop_assert!(error.key.starts_with(&place.join(".")), "{} changed, {}", path, error);
+                Ok(())
+            }
+        }
+    }
+
+    /// The edge values are few: each one in each place, not a sample.
+    #[test]
+    fn every_edge_value_in_every_place_is_taken_bounded_or_refused_there() {
+        let valid: Value = serde_saphyr::from_str(VALID).unwrap();
+        let mut paths = Vec::new();
+        leaves(&valid, String::new(), &mut paths);
+        for path in &paths {
+            for edge in EDGES {
+                let mut tree = valid.clone();
+                *tree.pointer_mut(&pointer(path)).unwrap() = Value::from(*edge);
+                let result = parse(&tree.to_string());
+                check_changed(path, result).unwrap_or_else(|error| panic!("{path} = {edge:?}: {error}"));
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(fuzzing::config(256))]
 
@@ -957,13 +985,7 @@ ingest:
             leaves(&tree, String::new(), &mut paths);
             let path = choice.get(&paths);
             *tree.pointer_mut(&pointer(path)).unwrap() = value;
-            match parse(&as_yaml(&tree.to_string())) {
-                Ok(config) => check_bounded(&config)?,
-                Err(error) => {
-                    let place: Vec<&str> = path.splitn(3, '.').take(2).collect();
-                    prop_assert!(error.key.starts_with(&place.join(".")), "{} changed, {}", path, error);
-                }
-            }
+            check_changed(path, parse(&as_yaml(&tree.to_string())))?;
         }
 
         /// A parameter renamed: a header one must be named like a header.
