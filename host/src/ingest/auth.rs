@@ -159,3 +159,31 @@ mod tests {
         assert!(!head_allowed(Some(&query), &none, None));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    proptest! {
+        #![proptest_config(fuzzing::config(1024))]
+
+        #[test]
+        fn hex_reads_back_what_it_decodes(text in fuzzing::text(&["0", "a", "F", "+", "-", " ", "é", "0x"], 12)) {
+            if let Some(bytes) = hex_decode(&text) {
+                let written: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+                prop_assert_eq!(written, text.to_ascii_lowercase());
+            }
+        }
+
+        #[test]
+        fn any_query_gives_the_value_of_its_parameter(query in fuzzing::text(&["&", "=", "token", "%", "%2", "%41", "+"], 10)) {
+            if let Some(value) = query_value(&query, "token") {
+                let written = query.split('&').find_map(|pair| pair.strip_prefix("token=")).unwrap();
+                prop_assert_eq!(value, percent_encoding::percent_decode_str(written).collect::<Vec<u8>>());
+            }
+        }
+    }
+}
