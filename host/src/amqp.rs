@@ -11,7 +11,7 @@ use anyhow::{Context as _, anyhow};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Mutex;
 
@@ -91,6 +91,18 @@ pub async fn declare_topology(channel: &Channel, route: &Route) -> anyhow::Resul
     Ok(())
 }
 
+/// The most bytes an AMQP short string holds: exchange names, routing
+/// keys, header names, message ids.
+pub const MAX_SHORT_STRING: usize = 255;
+
+/// `text` as an AMQP short string, or an error naming `what` when it is too long.
+pub fn short_string(what: &str, text: &str) -> Result<ShortString, String> {
+    ShortString::try_new(text).map_err(|_| {
+        let start: String = text.chars().take(40).collect();
+        format!("{what} {start:?}... is longer than {MAX_SHORT_STRING} bytes")
+    })
+}
+
 /// Publishes with publisher confirms: `publish` returns once the broker
 /// has taken responsibility for the message. A channel closed by the
 /// broker (say, publishing to a missing exchange) is reopened on next use.
@@ -117,12 +129,14 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> anyhow::Result<()> {
+        let exchange_name = short_string("exchange", exchange).map_err(|problem| anyhow!(problem))?;
+        let key = short_string("routing key", routing_key).map_err(|problem| anyhow!(problem))?;
         let channel = self.channel().await?;
         let properties = properties.with_delivery_mode(2);
         let confirm = channel
             .basic_publish(
-                exchange.into(),
-                routing_key.into(),
+                exchange_name,
+                key,
                 BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()

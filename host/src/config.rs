@@ -24,6 +24,9 @@ use serde::Deserialize;
 
 use crate::runtime::GuestLimits;
 
+/// The key of an error about the whole file (not a mapping, say).
+const TOP_LEVEL: &str = "(top level)";
+
 /// A configuration error: where it is, and what is wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {key}: {problem}")]
@@ -494,7 +497,10 @@ impl Config {
         env::interpolate(&mut tree, &mut Vec::new(), &mut substituted)
             .map_err(|(key, problem)| error(&substituted, key, problem))?;
         let raw: RawConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
-            let key = e.path().to_string();
+            let key = match e.path().iter().next() {
+                None => TOP_LEVEL.to_string(),
+                Some(_) => e.path().to_string(),
+            };
             error(&substituted, key, e.into_inner().to_string())
         })?;
         let mut config = Config {
@@ -558,6 +564,10 @@ mod defaults {
     }
 }
 
+/// The slowest pace a rate may set, per second: one a day. Slower would
+/// put waits past what timers can hold.
+pub const MIN_RATE: f64 = 1.0 / 86_400.0;
+
 /// Rates written as a count per unit: `50/s`, `600/m`, `1000/h`.
 mod rate {
     pub fn parse(text: &str) -> Result<f64, String> {
@@ -573,7 +583,11 @@ mod rate {
         if !(count.is_finite() && count > 0.0) {
             return Err(format!("invalid rate {text:?}: the count must be more than 0"));
         }
-        Ok(count / seconds)
+        let rate = count / seconds;
+        if rate < super::MIN_RATE {
+            return Err(format!("invalid rate {text:?}: less than one a day"));
+        }
+        Ok(rate)
     }
 
     pub mod option {
@@ -592,7 +606,7 @@ mod rate {
             assert_eq!(super::parse("50/s"), Ok(50.0));
             assert_eq!(super::parse("600/m"), Ok(10.0));
             assert_eq!(super::parse(" 3600 / h "), Ok(1.0));
-            for bad in ["fast", "50", "50/d", "0/s", "-1/s", "x/s"] {
+            for bad in ["fast", "50", "50/d", "0/s", "-1/s", "x/s", "1e-300/s", "0.01/h"] {
                 let error = super::parse(bad).unwrap_err();
                 assert!(error.contains(&format!("{bad:?}")), "{error}");
             }
@@ -611,9 +625,17 @@ mod duration {
         parse(&text).map_err(serde::de::Error::custom)
     }
 
+    /// The longest duration a setting takes: longer is surely a slip, and
+    /// timers and breakers add durations to the clock.
+    pub const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
     pub fn parse(text: &str) -> Result<Duration, String> {
-        humantime::parse_duration(text)
-            .map_err(|e| format!("invalid duration {text:?} ({e}); expected e.g. 500ms, 5s, 2m"))
+        let duration = humantime::parse_duration(text)
+            .map_err(|e| format!("invalid duration {text:?} ({e}); expected e.g. 500ms, 5s, 2m"))?;
+        if duration > MAX {
+            return Err(format!("invalid duration {text:?}: longer than a year"));
+        }
+        Ok(duration)
     }
 
     pub mod list {
@@ -633,6 +655,360 @@ mod duration {
 
         pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
             super::deserialize(deserializer).map(Some)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Fuzz finding (`config::fuzz::every_edge_value_in_every_place_is_taken_bounded_or_refused_there`):
+        /// `cool_down: 18446744073709551615s` was taken, and the breaker
+        /// panicked adding it to the clock.
+        #[test]
+        fn a_duration_longer_than_a_year_is_refused_by_value() {
+            assert_eq!(parse("365days"), Ok(MAX));
+            for long in ["366days", "18446744073709551615s"] {
+                let error = parse(long).unwrap_err();
+                assert!(error.contains(&format!("{long:?}")), "{error}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use std::sync::OnceLock;
+
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::fuzzing;
+
+    const FILE: &str = "fuzz.yaml";
+
+    /// A file that uses every section (no secrets are read).
+    const VALID: &str = r#"
+amqp: { url: "amqp://guest:guest@127.0.0.1:5672/%2f", shutdown_grace: 30s }
+endpoints:
+  shop:
+    base_url: http://127.0.0.1:8081/api/
+    timeout: 5s
+    rate_limit: 50/s
+    max_in_flight: 4
+    breaker: { failures: 5, cool_down: 5s, max_cool_down: 60s }
+    operations:
+      upsert:
+        method: PUT
+        uri: businesses/{crmId}
+        parameters:
+          crmId: { location: uri, required: true }
+          X-Tenant: { location: header }
+          business: { location: json }
+routes:
+  r:
+    queue: q
+    bindings: [{ exchange: e, routing_key: "a.*" }]
+    transform: t.wasm
+    endpoints: [shop]
+    concurrency: 4
+    retry: { immediate: 2, backoff: 200ms, delays: [5s, 30s] }
+    limits: { time: 50ms, memory: 32MiB }
+admin: { listen: "127.0.0.1:9090", token_env: ADMIN_TOKEN, max_body: 16MiB }
+logging: { gelf: "udp://127.0.0.1:12201" }
+ingest:
+  max_body: 1MiB
+  sources:
+    crm: { exchange: e, routing_key: "account.{Type}", auth: { bearer: { token_env: T } } }
+    sf:
+      kind: salesforce_outbound_message
+      exchange: e
+      routing_key: "sf.{header:X-Event}"
+      organization_id: 00D000000000001
+"#;
+
+    const TOKENS: &[&str] = &[
+        ":",
+        ": ",
+        "\n",
+        "\n  ",
+        "- ",
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        "\"",
+        "'",
+        "#",
+        "&a",
+        "*a",
+        "!!str",
+        "|",
+        ">",
+        "~",
+        "amqp",
+        "routes",
+        "endpoints",
+        "queue",
+        "transform",
+        "${",
+        "}",
+        "$$",
+    ];
+
+    /// Values that sit at the edges of what the settings take.
+    const EDGES: &[&str] = &[
+        "0s",
+        "1ms",
+        "365days",
+        "366days",
+        "18446744073709551615s",
+        "584542046090years",
+        "1e-300/s",
+        "0.01/h",
+        "1/h",
+        "1e308/s",
+        "50/s",
+        "0/s",
+        "NaN/s",
+        "inf/s",
+        "0B",
+        "1KiB",
+        "4GiB",
+        "5GiB",
+        "16EiB",
+        "http://h/",
+        "ftp://h/",
+        "amqp://u:p@h",
+        "businesses/{a}",
+        "{crmId}",
+        "/abs",
+        "a.{Type}",
+        "{header:X-E}",
+        "{header:bad name}",
+        "GET",
+        "uri",
+        "header",
+        "quorum",
+        "high",
+        "",
+        ".",
+        "127.0.0.1:0",
+        "[::1]:9",
+        "tcp://h:1",
+        "00D000000000001AAA",
+    ];
+
+    /// The folder the file's relative paths resolve against, with the component it names.
+    fn base() -> &'static Path {
+        static BASE: OnceLock<tempfile::TempDir> = OnceLock::new();
+        BASE.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("t.wasm"), b"\0asm").unwrap();
+            dir
+        })
+        .path()
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_with(text, FILE, base(), Secrets::Skip)
+    }
+
+    /// JSON is YAML, but for characters YAML will not take raw (DEL, C1
+    /// controls, a BOM): those are written as `\u` escapes.
+    fn as_yaml(json: &str) -> String {
+        let printable = |c: char| matches!(c, '\t' | '\n' | '\r' | ' '..='~' | '\u{85}' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..);
+        json.chars()
+            .map(|c| {
+                if printable(c) {
+                    c.to_string()
+                } else {
+                    format!("\\u{:04x}", u32::from(c))
+                }
+            })
+            .collect()
+    }
+
+    fn leaf_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            4 => prop::sample::select(EDGES).prop_map(Value::from),
+            2 => fuzzing::text(TOKENS, 6).prop_map(Value::from),
+            1 => any::<i64>().prop_map(Value::from),
+            1 => any::<f64>().prop_map(Value::from),
+            1 => any::<bool>().prop_map(Value::from),
+            1 => Just(Value::Null),
+        ]
+    }
+
+    /// The key path of every scalar in `tree`, as `ConfigError` writes it.
+    fn leaves(tree: &Value, path: String, out: &mut Vec<String>) {
+        let join = |segment: &str| {
+            if path.is_empty() {
+                segment.to_string()
+            } else {
+                format!("{path}.{segment}")
+            }
+        };
+        match tree {
+            Value::Object(map) => map.iter().for_each(|(key, value)| leaves(value, join(key), out)),
+            Value::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    leaves(item, format!("{path}[{index}]"), out);
+                }
+            }
+            _ => out.push(path),
+        }
+    }
+
+    fn pointer(path: &str) -> String {
+        let mut pointer = String::new();
+        for segment in path.split('.') {
+            let (key, index) = segment.split_once('[').unwrap_or((segment, ""));
+            pointer.push('/');
+            pointer.push_str(key);
+            if let Some(index) = index.strip_suffix(']') {
+                pointer.push('/');
+                pointer.push_str(index);
+            }
+        }
+        pointer
+    }
+
+    /// What the running host does with the durations and rates it was given
+    /// (breakers double cool-downs and add them to the clock; limiters
+    /// wait one period) must not overflow.
+    fn check_bounded(config: &Config) -> Result<(), TestCaseError> {
+        let now = tokio::time::Instant::now();
+        let mut durations = vec![config.amqp.shutdown_grace];
+        for endpoint in config.endpoints.values() {
+            durations.extend([
+                endpoint.timeout,
+                endpoint.breaker.cool_down,
+                endpoint.breaker.max_cool_down,
+            ]);
+            if let Some(rate) = endpoint.pace().per_second {
+                let period = Duration::try_from_secs_f64(1.0 / rate);
+                prop_assert!(period.is_ok_and(|p| p <= Duration::from_secs(86_400)), "rate {}", rate);
+            }
+            for (name, parameter) in endpoint.operations.values().flat_map(|op| &op.parameters) {
+                if parameter.location == Location::Header {
+                    prop_assert!(
+                        reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok(),
+                        "{:?}",
+                        name
+                    );
+                }
+            }
+        }
+        for route in config.routes.values() {
+            durations.extend(route.retry.delays.iter().copied());
+            durations.push(route.retry.backoff);
+            durations.push(route.limits.guest().time);
+            prop_assert!(route.limits.guest().memory <= 4 << 30);
+            for (delay, _) in route.retry_queues() {
+                prop_assert!(i32::try_from(delay.as_millis()).is_ok(), "{:?}", delay);
+            }
+        }
+        for duration in durations {
+            prop_assert!(now.checked_add(duration * 2).is_some(), "{:?}", duration);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_base_file_is_valid() {
+        let config = parse(VALID).unwrap();
+        assert!(config.ingest.is_some() && config.admin.is_some());
+    }
+
+    /// Fuzz findings (`every_edge_value_in_every_place_is_taken_bounded_or_refused_there`,
+    /// `a_renamed_parameter_is_taken_or_refused_by_name`): each was taken,
+    /// then panicked or failed the host later.
+    #[test]
+    fn values_the_host_could_not_run_with_are_refused_where_they_are() {
+        let cases = [
+            (
+                "cool_down: 5s",
+                "cool_down: 18446744073709551615s",
+                "endpoints.shop.breaker.cool_down",
+            ),
+            ("rate_limit: 50/s", "rate_limit: 1e-300/s", "endpoints.shop.rate_limit"),
+            ("delays: [5s, 30s]", "delays: [5s, 30days]", "routes.r.retry.delays[1]"),
+            ("memory: 32MiB", "memory: 5GiB", "routes.r.limits.memory"),
+            (
+                "X-Tenant:",
+                "\"X Tenant\":",
+                "endpoints.shop.operations.upsert.parameters.X Tenant",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let error = parse(&VALID.replace(from, to)).unwrap_err();
+            assert_eq!(error.key, key, "{error}");
+        }
+    }
+
+    /// Taken or refused where it is, as below.
+    fn check_changed(path: &str, result: Result<Config, ConfigError>) -> Result<(), TestCaseError> {
+        match result {
+            Ok(config) => check_bounded(&config),
+            Err(error) => {
+                let place: Vec<&str> = path.splitn(3, '.').take(2).collect();
+                prop_assert!(error.key.starts_with(&place.join(".")), "{} changed, {}", path, error);
+                Ok(())
+            }
+        }
+    }
+
+    /// The edge values are few: each one in each place, not a sample.
+    #[test]
+    fn every_edge_value_in_every_place_is_taken_bounded_or_refused_there() {
+        let valid: Value = serde_saphyr::from_str(VALID).unwrap();
+        let mut paths = Vec::new();
+        leaves(&valid, String::new(), &mut paths);
+        for path in &paths {
+            for edge in EDGES {
+                let mut tree = valid.clone();
+                *tree.pointer_mut(&pointer(path)).unwrap() = Value::from(*edge);
+                let result = parse(&tree.to_string());
+                check_changed(path, result).unwrap_or_else(|error| panic!("{path} = {edge:?}: {error}"));
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(256))]
+
+        #[test]
+        fn any_text_is_a_config_or_an_error_naming_the_file(text in fuzzing::text(TOKENS, 40)) {
+            if let Err(error) = parse(&text) {
+                prop_assert_eq!(&error.file, FILE);
+                prop_assert!(!error.key.is_empty() && !error.problem.is_empty(), "{}", error);
+                prop_assert!(error.to_string().starts_with("fuzz.yaml: "));
+            }
+        }
+
+        /// One value of a valid file changed: the file is taken (and what it
+        /// sets is bounded) or refused at the place of the change.
+        #[test]
+        fn a_changed_value_is_taken_or_refused_where_it_is(choice in any::<prop::sample::Index>(), value in leaf_value()) {
+            let mut tree: Value = serde_saphyr::from_str(VALID).unwrap();
+            let mut paths = Vec::new();
+            leaves(&tree, String::new(), &mut paths);
+            let path = choice.get(&paths);
+            *tree.pointer_mut(&pointer(path)).unwrap() = value;
+            check_changed(path, parse(&as_yaml(&tree.to_string())))?;
+        }
+
+        /// A parameter renamed: a header one must be named like a header.
+        #[test]
+        fn a_renamed_parameter_is_taken_or_refused_by_name(name in fuzzing::text(&["-", "_", " ", ":", "é", "\n", "X"], 4)) {
+            let text = VALID.replace("X-Tenant:", &format!("{}:", as_yaml(&serde_json::to_string(&name).unwrap())));
+            match parse(&text) {
+                Ok(config) => check_bounded(&config)?,
+                Err(error) => prop_assert!(error.key.starts_with("endpoints.shop"), "{}", error),
+            }
         }
     }
 }

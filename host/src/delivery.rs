@@ -241,14 +241,21 @@ async fn classify(response: reqwest::Response, name: &str, auth: &Authenticator)
     })
 }
 
-/// `Retry-After` as seconds or as an HTTP date.
+/// The longest `Retry-After` honoured. A target may ask for any number of
+/// seconds; past this, its breaker's probes find out when it is back.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` as seconds or as an HTTP date, at most `MAX_RETRY_AFTER`.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let date = httpdate::parse_http_date(value).ok()?;
-    Some(date.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let date = httpdate::parse_http_date(value).ok()?;
+            date.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// The start of an error body: often the only clue to a 4xx.
@@ -283,5 +290,81 @@ mod tests {
 
         headers.insert(RETRY_AFTER, "soon".parse().unwrap());
         assert_eq!(retry_after(&headers), None);
+    }
+
+    /// Fuzz finding (`fuzz::seconds_read_as_they_are_up_to_the_ceiling`):
+    /// the breaker added this wait to the clock and panicked.
+    #[test]
+    fn a_retry_after_past_any_clock_waits_the_ceiling() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "18446744073709551615".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
+        headers.insert(RETRY_AFTER, "Fri, 31 Dec 9999 23:59:59 GMT".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use reqwest::header::HeaderValue;
+
+    use super::*;
+    use crate::fuzzing;
+
+    const TOKENS: &[&str] = &[
+        "0",
+        "1",
+        "9",
+        "18446744073709551615",
+        "99999999999999999999",
+        "-",
+        "+",
+        " ",
+        ",",
+        ":",
+        "GMT",
+        "Sun",
+        "Nov",
+        "2026",
+        "9999",
+        "Thu, 01 Jan 1970 00:00:00 GMT",
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+    ];
+
+    fn retry_after_of(value: &str) -> Option<Option<Duration>> {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(value).ok()?);
+        Some(retry_after(&headers))
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(1024))]
+
+        #[test]
+        fn any_retry_after_is_none_or_a_bounded_wait(value in fuzzing::text(TOKENS, 8)) {
+            if let Some(Some(wait)) = retry_after_of(&value) {
+                prop_assert!(wait <= MAX_RETRY_AFTER, "{:?} from {:?}", wait, value);
+            }
+        }
+
+        #[test]
+        fn seconds_read_as_they_are_up_to_the_ceiling(seconds in any::<u64>()) {
+            let wait = retry_after_of(&seconds.to_string()).unwrap();
+            prop_assert_eq!(wait, Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER)));
+        }
+
+        #[test]
+        fn a_date_reads_as_the_time_until_it(offset in -400_000_000i64..400_000_000) {
+            let now = SystemTime::now();
+            let date = if offset >= 0 {
+                now + Duration::from_secs(offset.unsigned_abs())
+            } else {
+                now - Duration::from_secs(offset.unsigned_abs())
+            };
+            let wait = retry_after_of(&httpdate::fmt_http_date(date)).unwrap().unwrap();
+            let expected = Duration::from_secs(offset.max(0).unsigned_abs()).min(MAX_RETRY_AFTER);
+            prop_assert!(wait <= expected && expected - wait <= Duration::from_secs(2), "{:?} for {}", wait, offset);
+        }
     }
 }

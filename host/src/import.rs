@@ -109,7 +109,11 @@ pub fn ndjson_records(mut input: impl BufRead) -> impl Iterator<Item = std::io::
 /// strings keyed by the header's names.
 pub fn csv_records(input: impl BufRead) -> impl Iterator<Item = std::io::Result<Record>> {
     let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(input);
-    let header = reader.byte_headers().cloned().map_err(|e| e.to_string());
+    let header = reader
+        .byte_headers()
+        .cloned()
+        .map_err(|e| e.to_string())
+        .and_then(unique_names);
     let mut rows = reader.into_byte_records();
     let mut header_reported = false;
     std::iter::from_fn(move || {
@@ -137,6 +141,19 @@ pub fn csv_records(input: impl BufRead) -> impl Iterator<Item = std::io::Result<
             },
         }))
     })
+}
+
+/// Two columns of one name would be one field of the JSON object, and one
+/// column's values would be lost.
+fn unique_names(names: csv::ByteRecord) -> Result<csv::ByteRecord, String> {
+    let mut seen = std::collections::BTreeSet::new();
+    match names.iter().find(|name| !seen.insert(*name)) {
+        Some(twice) => Err(format!(
+            "it names {:?} twice: one column's values would be lost",
+            String::from_utf8_lossy(twice)
+        )),
+        None => Ok(names),
+    }
 }
 
 fn csv_object(names: &csv::ByteRecord, row: &csv::ByteRecord) -> Result<Vec<u8>, String> {
@@ -371,6 +388,17 @@ mod tests {
         );
     }
 
+    /// Fuzz finding (`fuzz::csv_rows_read_back_as_objects_of_their_header`):
+    /// a header naming a column twice kept only the last column's values.
+    #[test]
+    fn a_header_naming_a_column_twice_is_a_bad_line() {
+        let records = bodies(csv_records("Id,Name,Id\n1,a,2\n".as_bytes()));
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].0, 1);
+        let problem = records[0].1.as_ref().unwrap_err();
+        assert!(problem.contains("\"Id\" twice"), "{problem}");
+    }
+
     #[test]
     fn formats_come_from_extensions() {
         assert_eq!(Format::of_path("accounts.CSV"), Some(Format::Csv));
@@ -378,5 +406,103 @@ mod tests {
         assert_eq!(Format::of_path("accounts.ndjson"), Some(Format::Ndjson));
         assert_eq!(Format::of_path("accounts"), None);
         assert_eq!(Format::of_path("-"), None);
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    fn records(records: impl Iterator<Item = std::io::Result<Record>>) -> Vec<Record> {
+        records.map(Result::unwrap).collect()
+    }
+
+    /// A line of an NDJSON file: JSON, almost JSON, blank, or bytes.
+    fn ndjson_line() -> impl Strategy<Value = Vec<u8>> {
+        let line = prop_oneof![
+            3 => fuzzing::json(&["a", "é", "\n", "\""]).prop_map(|value| value.to_string().into_bytes()),
+            1 => fuzzing::text(&["{", "}", "\"", " ", "\r", "\t", "null", ","], 6).prop_map(String::into_bytes),
+            1 => prop::collection::vec(any::<u8>(), 0..12),
+        ];
+        line.prop_map(|bytes| bytes.into_iter().filter(|b| *b != b'\n').collect())
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(512))]
+
+        /// Each non-blank line is one record with its line number: its
+        /// bytes when they are JSON, else why not.
+        #[test]
+        fn ndjson_lines_are_records_with_their_numbers(lines in prop::collection::vec(ndjson_line(), 0..8)) {
+            let input = lines.join(&b'\n');
+            let read = records(ndjson_records(input.as_slice()));
+            let expected: Vec<(u64, &[u8])> = lines
+                .iter()
+                .enumerate()
+                .map(|(index, line)| (index as u64 + 1, line.trim_ascii()))
+                .filter(|(_, line)| !line.is_empty())
+                .collect();
+            prop_assert_eq!(read.len(), expected.len());
+            for (record, (line, text)) in read.iter().zip(expected) {
+                prop_assert_eq!(record.line, line);
+                let json = serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok();
+                match &record.body {
+                    Ok(body) => prop_assert!(json && body == text),
+                    Err(problem) => prop_assert!(!json && problem.starts_with("not JSON"), "{}", problem),
+                }
+            }
+        }
+
+        /// A CSV file written by a CSV writer reads back row by row, each
+        /// row an object of its header's names, on the line it starts.
+        #[test]
+        fn csv_rows_read_back_as_objects_of_their_header(
+            names in prop::collection::vec("[a-zA-Z ,\"\n]{0,4}", 1..4),
+            cells in prop::collection::vec(prop::collection::vec("[a-zé ,\"\n\r]{0,5}", 4), 0..4),
+        ) {
+            let mut writer = csv::Writer::from_writer(Vec::new());
+            writer.write_record(&names).unwrap();
+            let mut starts = Vec::new();
+            for row in &cells {
+                writer.flush().unwrap();
+                starts.push(writer.get_ref().iter().filter(|b| **b == b'\n').count() as u64 + 1);
+                writer.write_record(&row[..names.len()]).unwrap();
+            }
+            let input = writer.into_inner().unwrap();
+            let read = records(csv_records(input.as_slice()));
+            let mut unique = names.clone();
+            unique.sort();
+            unique.dedup();
+            if unique.len() < names.len() {
+                prop_assert_eq!(read.len(), 1);
+                let problem = read[0].body.as_ref().unwrap_err();
+                prop_assert!(problem.contains("twice"), "{}", problem);
+                return Ok(());
+            }
+            prop_assert_eq!(read.len(), cells.len());
+            for ((record, row), start) in read.iter().zip(&cells).zip(starts) {
+                prop_assert_eq!(record.line, start);
+                let object: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(record.body.as_ref().unwrap()).unwrap();
+                let expected: serde_json::Map<String, serde_json::Value> =
+                    names.iter().cloned().zip(row.iter().map(|cell| cell.as_str().into())).collect();
+                prop_assert_eq!(object, expected);
+            }
+        }
+
+        #[test]
+        fn any_csv_bytes_give_records_in_line_order(input in fuzzing::text(&[",", "\"", "\n", "\r\n", "\u{fffd}", "é"], 30)) {
+            let mut last = 0;
+            for record in records(csv_records(input.as_bytes())) {
+                prop_assert!(record.line >= last, "{} after {}", record.line, last);
+                last = record.line;
+                if let Ok(body) = record.body {
+                    prop_assert!(serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body).is_ok());
+                }
+            }
+        }
     }
 }

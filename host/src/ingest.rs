@@ -30,6 +30,7 @@ use serde_json::{Map, Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::amqp::MAX_SHORT_STRING;
 use crate::amqp::headers;
 use crate::config::{Ingest, IngestSource, Secret, SourceKind};
 use crate::stats::Stats;
@@ -39,9 +40,6 @@ use salesforce::FaultCode;
 
 /// What a sender is told to wait before trying again when the broker is away.
 const RETRY_AFTER_SECONDS: u32 = 5;
-/// Message ids, content types: AMQP short strings.
-const MAX_SHORT_STRING: usize = 255;
-
 /// The running server: where it listens, and its task (which ends after
 /// `shutdown`, once the requests in flight are answered).
 pub struct IngestServer {

@@ -7,6 +7,8 @@ pub mod amqp;
 pub mod config;
 pub mod delivery;
 pub mod echo;
+#[cfg(test)]
+mod fuzzing;
 pub mod guard;
 pub mod host;
 pub mod import;

@@ -507,3 +507,27 @@ mod tests {
         assert_eq!(line["span"]["attempt"], 1);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    proptest! {
+        #![proptest_config(fuzzing::config(1024))]
+
+        #[test]
+        fn a_gelf_target_is_host_and_port_or_refused_naming_it(text in fuzzing::text(&["udp://", "tcp://", "://", ":", "0", "12201", "65536", "[::1]", "h"], 6)) {
+            match text.parse::<GelfTarget>() {
+                Ok(target) => {
+                    let (host, port) = target.address.rsplit_once(':').unwrap();
+                    prop_assert!(!host.is_empty() && port.parse::<u16>().is_ok_and(|port| port != 0));
+                    prop_assert!(text.ends_with(&target.address));
+                }
+                Err(problem) => prop_assert!(problem.contains(&format!("{text:?}")), "{}", problem),
+            }
+        }
+    }
+}

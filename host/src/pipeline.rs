@@ -329,7 +329,9 @@ impl Pipeline {
                 body,
                 headers: guest_headers,
             } => {
-                let mut table = headers::table_of(guest_headers);
+                // Checked when the guest returned it (`runtime::bounds::check_actions`).
+                let mut table = headers::table_of(guest_headers)
+                    .map_err(|problem| Failure::permanent(FailureClass::InvalidCall, problem, version))?;
                 headers::set_version(&mut table, version.as_str());
                 headers::set_traceparent(&mut table, &trace.child().to_string());
                 let properties = lapin::BasicProperties::default().with_headers(table);

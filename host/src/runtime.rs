@@ -480,3 +480,145 @@ impl TransformSlot {
         std::mem::replace(&mut *slot, Arc::new(transform))
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+    use bindings::passerelle::transform::types as wit;
+
+    const TOKENS: &[&str] = &[
+        "{", "}", "[", "]", "\"", ":", ",", "null", "1e999", "-0", "\\u0000", "\\", " ", "type", "call",
+    ];
+
+    /// A call's `args` as a guest may write them: JSON of any shape, or not JSON.
+    fn args() -> impl Strategy<Value = String> {
+        prop_oneof![
+            2 => fuzzing::json(TOKENS).prop_map(|value| value.to_string()),
+            1 => fuzzing::text(TOKENS, 12),
+        ]
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![4 => fuzzing::text(TOKENS, 4), 1 => "[a-z.]{250,260}"]
+    }
+
+    fn guest_action() -> impl Strategy<Value = wit::Action> {
+        let call =
+            (fuzzing::text(TOKENS, 3), fuzzing::text(TOKENS, 3), args()).prop_map(|(endpoint, operation, args)| {
+                wit::Action::Call(wit::Call {
+                    endpoint,
+                    operation,
+                    args,
+                })
+            });
+        let header = (name(), ".{0,8}").prop_map(|(name, value)| wit::Header { name, value });
+        let publish = (
+            name(),
+            name(),
+            prop::collection::vec(any::<u8>(), 0..16),
+            prop::collection::vec(header, 0..3),
+        )
+            .prop_map(|(exchange, routing_key, body, headers)| {
+                wit::Action::Publish(wit::Publish {
+                    exchange,
+                    routing_key,
+                    body,
+                    headers,
+                })
+            });
+        prop_oneof![call, publish]
+    }
+
+    /// A list of objects shaped like actions, each field of any JSON.
+    fn actions_json() -> impl Strategy<Value = serde_json::Value> {
+        const FIELDS: &[&str] = &[
+            "endpoint",
+            "operation",
+            "args",
+            "exchange",
+            "routing_key",
+            "body",
+            "headers",
+            "x",
+        ];
+        let field = prop_oneof![
+            1 => fuzzing::json(TOKENS),
+            1 => fuzzing::text(TOKENS, 4).prop_map(serde_json::Value::from),
+            1 => prop::collection::vec(("[a-z]{0,3}", "[a-z]{0,3}").prop_map(|(n, v)| serde_json::json!([n, v])), 0..3)
+                .prop_map(serde_json::Value::from),
+        ];
+        let action = (
+            prop::sample::select(&["call", "publish", "other"][..]),
+            prop::collection::btree_map(prop::sample::select(FIELDS), field, 0..6),
+        )
+            .prop_map(|(kind, fields)| {
+                let mut object: serde_json::Map<String, serde_json::Value> = fields
+                    .into_iter()
+                    .map(|(name, value)| (name.to_string(), value))
+                    .collect();
+                object.insert("type".into(), kind.into());
+                serde_json::Value::Object(object)
+            });
+        prop::collection::vec(action, 0..4).prop_map(serde_json::Value::from)
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(1024))]
+
+        /// A guest's action becomes the host's with nothing lost, or fails
+        /// the message (dead-lettered) saying which part is bad: a publish
+        /// AMQP cannot carry at the bounds' check, args that are no JSON
+        /// object when parsed.
+        #[test]
+        fn a_guest_action_is_taken_whole_or_refused_with_its_reason(action in guest_action()) {
+            if let Err(failure) = bounds::check_actions(std::slice::from_ref(&action), &GuestLimits::default()) {
+                let wit::Action::Publish(publish) = &action else {
+                    return Err(TestCaseError::fail(format!("a call failed the bounds: {failure:?}")));
+                };
+                let too_long = publish.exchange.len() > 255 || publish.routing_key.len() > 255
+                    || publish.headers.iter().any(|h| h.name.len() > 255);
+                let TransformFailure::Trap(reason) = failure else { unreachable!() };
+                prop_assert!(too_long && reason.contains("more than AMQP's 255"), "{}", reason);
+                return Ok(());
+            }
+            let taken = Action::from_guest(action.clone());
+            match (action, taken) {
+                (wit::Action::Call(call), Ok(Action::Call { endpoint, operation, args })) => {
+                    prop_assert_eq!(endpoint, call.endpoint);
+                    prop_assert_eq!(operation, call.operation);
+                    let parsed: serde_json::Value = serde_json::from_str(&call.args).unwrap();
+                    prop_assert_eq!(serde_json::Value::Object(args), parsed);
+                }
+                (wit::Action::Call(call), Err(TransformFailure::Reject(reason))) => {
+                    let prefix = format!("call to {}.{}: args ", call.endpoint, call.operation);
+                    prop_assert!(reason.starts_with(&prefix), "{}", reason);
+                    let object = serde_json::from_str::<serde_json::Value>(&call.args).is_ok_and(|v| v.is_object());
+                    prop_assert!(!object, "a JSON object was rejected: {}", reason);
+                }
+                (wit::Action::Publish(publish), Ok(Action::Publish { exchange, routing_key, body, headers })) => {
+                    prop_assert!(exchange.len() <= 255 && routing_key.len() <= 255);
+                    prop_assert!(headers.iter().all(|(name, _)| name.len() <= 255));
+                    prop_assert_eq!(exchange, publish.exchange);
+                    prop_assert_eq!(routing_key, publish.routing_key);
+                    prop_assert_eq!(body, publish.body);
+                    let sent: Vec<(String, String)> = publish.headers.into_iter().map(|h| (h.name, h.value)).collect();
+                    prop_assert_eq!(headers, sent);
+                }
+                (_, other) => prop_assert!(false, "unexpected {:?}", other),
+            }
+        }
+
+        /// Expected actions in fixtures are JSON: any JSON gives actions that
+        /// write back and read the same, or a serde error, never a panic.
+        #[test]
+        fn actions_read_from_json_write_back_the_same(value in actions_json()) {
+            if let Ok(actions) = serde_json::from_value::<Vec<Action>>(value) {
+                let written = serde_json::to_value(&actions).unwrap();
+                prop_assert_eq!(serde_json::from_value::<Vec<Action>>(written).unwrap(), actions);
+            }
+        }
+    }
+}

@@ -164,3 +164,46 @@ mod tests {
         assert_ne!(fresh.trace_id(), TraceContext::for_message(&[]).trace_id());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    /// Text shaped like a `traceparent`, field by field, each field right or a little wrong.
+    fn traceparent() -> impl Strategy<Value = String> {
+        let version = prop_oneof!["[0-9a-f]{2}", Just("ff".to_string()), "[0-9a-fA-F]{1,3}"];
+        let trace_id = prop_oneof![4 => "[0-9a-f]{32}", 1 => Just("0".repeat(32)), 1 => "[0-9a-fA-F-]{30,34}"];
+        let span_id = prop_oneof![4 => "[0-9a-f]{16}", 1 => Just("0".repeat(16)), 1 => "[0-9a-fA-F]{15,17}"];
+        let flags = prop_oneof!["[0-9a-f]{2}", "[0-9a-fA-F]{1,3}"];
+        let rest = prop_oneof![Just(String::new()), "-[ -~]{0,8}", "[ \t]{1,2}"];
+        (version, trace_id, span_id, flags, rest).prop_map(|(v, t, s, f, r)| format!("{v}-{t}-{s}-{f}{r}"))
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(1024))]
+
+        /// A parsed context prints back the trace, span and flags it was given.
+        #[test]
+        fn a_parsed_traceparent_prints_back_its_fields(
+            header in prop_oneof![3 => traceparent(), 1 => fuzzing::text(&["-", "00", "0", "f", "é"], 20)],
+        ) {
+            if let Some(context) = TraceContext::parse(&header) {
+                let written = header.trim();
+                prop_assert!(written.len() >= 55, "{:?}", header);
+                prop_assert_eq!(&context.to_string()[3..], &written[3..55]);
+                prop_assert!(!written.starts_with("ff"));
+                prop_assert!(written[..2] != *"00" || written.len() == 55, "{:?}", header);
+            }
+        }
+
+        #[test]
+        fn any_context_prints_what_parses_back(trace_id in 1..=u128::MAX, span_id in 1..=u64::MAX, flags in any::<u8>()) {
+            let context = TraceContext { trace_id: trace_id.to_be_bytes(), span_id: span_id.to_be_bytes(), flags };
+            prop_assert_eq!(TraceContext::parse(&context.to_string()), Some(context));
+            prop_assert!(TraceContext::parse(&context.child().to_string()).is_some());
+        }
+    }
+}

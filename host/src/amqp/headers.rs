@@ -145,13 +145,14 @@ pub fn as_text(headers: Option<&FieldTable>) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Text headers (a transform's, say) as an AMQP table.
-pub fn table_of(headers: &[(String, String)]) -> FieldTable {
+/// Text headers (a transform's, say) as an AMQP table; a name longer than
+/// an AMQP short string is refused, named.
+pub fn table_of(headers: &[(String, String)]) -> Result<FieldTable, String> {
     let mut table = FieldTable::default();
     for (name, value) in headers {
-        set(&mut table, name, value);
+        table.insert(super::short_string("header name", name)?, text(value.as_str()));
     }
-    table
+    Ok(table)
 }
 
 fn value_as_text(value: &AMQPValue) -> Option<String> {
@@ -202,6 +203,19 @@ mod tests {
         assert!(fresh.inner().is_empty(), "{fresh:?}");
     }
 
+    /// Fuzz finding (`fuzz::text_headers_read_back_from_their_table`): a
+    /// header name longer than 255 bytes panicked instead of being refused.
+    #[test]
+    fn a_header_name_too_long_for_amqp_is_refused_by_name() {
+        let long = "n".repeat(256);
+        let problem = table_of(&[(long, "v".into())]).unwrap_err();
+        assert!(
+            problem.contains("header name \"nnnn") && problem.contains("255 bytes"),
+            "{problem}"
+        );
+        assert_eq!(table_of(&[("n".repeat(255), "v".into())]).unwrap().inner().len(), 1);
+    }
+
     #[test]
     fn an_attempt_is_read_whatever_integer_type_carries_it() {
         let mut headers = FieldTable::default();
@@ -210,5 +224,148 @@ mod tests {
         headers.insert(ATTEMPT.into(), AMQPValue::ShortShortUInt(2));
         assert_eq!(attempt(Some(&headers)), Some(2));
         assert_eq!(attempt(None), None);
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use std::collections::BTreeMap;
+
+    use lapin::types::{ByteArray, DecimalValue, FieldArray};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    const TOKENS: &[&str] = &[
+        PREFIX,
+        ATTEMPT,
+        REASON,
+        TRACEPARENT,
+        "é",
+        "\0",
+        "\u{fffd}",
+        "-",
+        "4",
+        " ",
+    ];
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => fuzzing::text(TOKENS, 6),
+            1 => "[a-z]{250,300}",
+        ]
+    }
+
+    fn short_name() -> impl Strategy<Value = ShortString> {
+        fuzzing::text(TOKENS, 6).prop_filter_map("longer than a short string", |name| ShortString::try_new(name).ok())
+    }
+
+    /// Any value a publisher may put in a header, tables and arrays included.
+    fn amqp_value() -> impl Strategy<Value = AMQPValue> {
+        let leaf = prop_oneof![
+            any::<bool>().prop_map(AMQPValue::Boolean),
+            any::<i8>().prop_map(AMQPValue::ShortShortInt),
+            any::<u8>().prop_map(AMQPValue::ShortShortUInt),
+            any::<i16>().prop_map(AMQPValue::ShortInt),
+            any::<u16>().prop_map(AMQPValue::ShortUInt),
+            any::<i32>().prop_map(AMQPValue::LongInt),
+            any::<u32>().prop_map(AMQPValue::LongUInt),
+            any::<i64>().prop_map(AMQPValue::LongLongInt),
+            any::<f32>().prop_map(AMQPValue::Float),
+            any::<f64>().prop_map(AMQPValue::Double),
+            (any::<u8>(), any::<u32>())
+                .prop_map(|(scale, value)| AMQPValue::DecimalValue(DecimalValue { scale, value })),
+            short_name().prop_map(AMQPValue::ShortString),
+            prop::collection::vec(any::<u8>(), 0..16).prop_map(|bytes| AMQPValue::LongString(bytes.into())),
+            any::<u64>().prop_map(AMQPValue::Timestamp),
+            prop::collection::vec(any::<u8>(), 0..16).prop_map(|bytes| AMQPValue::ByteArray(ByteArray::from(bytes))),
+            Just(AMQPValue::Void),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|items| AMQPValue::FieldArray(FieldArray::from(items))),
+                prop::collection::btree_map(short_name(), inner, 0..4)
+                    .prop_map(|table| AMQPValue::FieldTable(FieldTable::from(table))),
+            ]
+        })
+    }
+
+    fn table() -> impl Strategy<Value = FieldTable> {
+        let name = prop_oneof![
+            short_name(),
+            prop::sample::select(&[ATTEMPT, REASON, HTTP_STATUS][..]).prop_map(ShortString::from)
+        ];
+        prop::collection::btree_map(name, amqp_value(), 0..8).prop_map(FieldTable::from)
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(512))]
+
+        /// Text headers (a transform's) become a table that reads back the
+        /// same, or are refused naming the header that cannot be one.
+        #[test]
+        fn text_headers_read_back_from_their_table(headers in prop::collection::vec((name(), ".{0,12}"), 0..6)) {
+            match table_of(&headers) {
+                Ok(table) => {
+                    let written: BTreeMap<String, String> = headers.into_iter().collect();
+                    let read: BTreeMap<String, String> = as_text(Some(&table)).into_iter().collect();
+                    prop_assert_eq!(read, written);
+                }
+                Err(problem) => {
+                    let long = headers.iter().find(|(name, _)| name.len() > 255).map(|(name, _)| name);
+                    prop_assert!(long.is_some(), "{}", problem);
+                    prop_assert!(problem.contains(&long.unwrap()[..20]), "{}", problem);
+                }
+            }
+        }
+
+        /// A publisher's table, whatever it holds, reads without a panic:
+        /// text and numbers as text, the rest left out.
+        #[test]
+        fn any_table_reads_as_text(table in table()) {
+            let text = as_text(Some(&table));
+            for (name, value) in &text {
+                let original = table.inner().get(&ShortString::from(name.as_str()));
+                prop_assert!(original.is_some(), "{} was not in the table", name);
+                prop_assert_eq!(get(Some(&table), name), Some(value.clone()));
+            }
+            let textual = table.inner().values().filter(|value| !matches!(value,
+                AMQPValue::Float(_) | AMQPValue::Double(_) | AMQPValue::DecimalValue(_) | AMQPValue::FieldArray(_)
+                | AMQPValue::FieldTable(_) | AMQPValue::ByteArray(_) | AMQPValue::Void)).count();
+            prop_assert_eq!(text.len(), textual);
+            if let Some(attempt) = attempt(Some(&table)) {
+                prop_assert_eq!(get(Some(&table), ATTEMPT), Some(attempt.to_string()));
+            }
+            let record = DeadLetterRecord::read(Some(&table));
+            prop_assert_eq!(record.http_status.map(|s| s.to_string()), get(Some(&table), HTTP_STATUS).filter(|s| s.parse::<u16>().is_ok()));
+            let fresh = without_ours(Some(&table));
+            prop_assert!(fresh.inner().keys().all(|name| !name.as_str().starts_with(PREFIX)));
+            let ours = table.inner().keys().filter(|name| name.as_str().starts_with(PREFIX)).count();
+            prop_assert_eq!(fresh.inner().len() + ours, table.inner().len());
+        }
+
+        #[test]
+        fn a_dead_letter_record_reads_back_whatever_it_holds(
+            texts in prop::collection::vec(".{0,40}", 5),
+            attempt in any::<u32>(),
+            http_status in proptest::option::of(any::<u16>()),
+            at in any::<u64>(),
+        ) {
+            let record = DeadLetterRecord {
+                reason: texts[0].clone(),
+                route: texts[1].clone(),
+                version: texts[2].clone(),
+                attempt,
+                original_exchange: texts[3].clone(),
+                original_routing_key: texts[4].clone(),
+                http_status,
+                at: Some(at),
+            };
+            let mut headers = FieldTable::default();
+            record.write(&mut headers);
+            prop_assert_eq!(DeadLetterRecord::read(Some(&headers)), record);
+        }
     }
 }

@@ -41,9 +41,9 @@ pub struct ImportArgs {
 fn parse_rate(text: &str) -> Result<f64, String> {
     let count = text.strip_suffix("/s").unwrap_or(text);
     match count.parse::<f64>() {
-        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        Ok(rate) if rate.is_finite() && rate >= passerelle::config::MIN_RATE => Ok(rate),
         _ => Err(format!(
-            "invalid rate {text:?}; expected messages per second, e.g. 200 or 200/s"
+            "invalid rate {text:?}; expected messages per second (one a day at least), e.g. 200 or 200/s"
         )),
     }
 }
@@ -206,4 +206,17 @@ fn print_summary(summary: &Summary, options: &Options) {
         println!("  and {unlisted} more bad line(s)");
     }
     println!("message ids: {}", import::message_id(&options.source, "<line>"));
+}
+
+#[cfg(test)]
+mod tests {
+    /// Fuzz finding (the pace of `config::fuzz::a_changed_value_is_taken_or_refused_where_it_is`,
+    /// shared by `--rate`): a tiny rate made a wait too long for a
+    /// `Duration` and panicked.
+    #[test]
+    fn a_rate_below_one_a_day_is_refused() {
+        assert_eq!(super::parse_rate("200/s"), Ok(200.0));
+        let error = super::parse_rate("1e-300").unwrap_err();
+        assert!(error.contains("\"1e-300\""), "{error}");
+    }
 }

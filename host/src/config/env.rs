@@ -45,14 +45,18 @@ pub fn interpolate(
 pub struct Substitutions(Vec<(String, String)>);
 
 impl Substitutions {
-    /// Writes `${NAME}` back in place of every substituted value.
+    /// Writes `${NAME}` back in place of every substituted value, as it is
+    /// or as `{:?}` quotes it (escaping tabs, quotes, backslashes...).
     pub fn hide_in(&self, text: &str) -> String {
         // Very short values would mask unrelated text; they are no secret.
         const SHORTEST_HIDDEN: usize = 3;
         let mut text = text.to_string();
         for (name, value) in &self.0 {
             if value.len() >= SHORTEST_HIDDEN {
-                text = text.replace(value.as_str(), &format!("${{{name}}}"));
+                let reference = format!("${{{name}}}");
+                let quoted = format!("{value:?}");
+                let escaped = &quoted[1..quoted.len() - 1];
+                text = text.replace(value.as_str(), &reference).replace(escaped, &reference);
             }
         }
         text
@@ -61,6 +65,9 @@ impl Substitutions {
 
 /// `["routes", "a", "bindings", "[0]"]` reads `routes.a.bindings[0]`.
 fn key_path(segments: &[String]) -> String {
+    if segments.is_empty() {
+        return super::TOP_LEVEL.into();
+    }
     let mut path = String::new();
     for segment in segments {
         if !path.is_empty() && !segment.starts_with('[') {
@@ -128,6 +135,25 @@ mod tests {
         assert_eq!(substituted.hide_in(&format!("bad {path}!")), "bad ${PATH}!");
     }
 
+    /// Fuzz finding (`fuzz::a_substituted_value_never_shows_in_an_error`):
+    /// errors quote values with `{:?}`, and a value with a tab, a quote or
+    /// a backslash showed through in its escaped form.
+    #[test]
+    fn a_substituted_value_is_hidden_in_its_quoted_form_too() {
+        let substituted = Substitutions(vec![("PASS".into(), "pa\"ss\tword".into())]);
+        let problem = format!("{:?} is not a URL", "http://u:pa\"ss\tword@h");
+        assert_eq!(substituted.hide_in(&problem), r#""http://u:${PASS}@h" is not a URL"#);
+    }
+
+    /// Fuzz finding (`config::fuzz::any_text_is_a_config_or_an_error_naming_the_file`):
+    /// a file that is one bad string gave an error with an empty key.
+    #[test]
+    fn an_error_in_a_file_of_one_string_names_the_top_level() {
+        let mut tree = serde_json::json!("${");
+        let (key, _) = interpolate(&mut tree, &mut Vec::new(), &mut Substitutions::default()).unwrap_err();
+        assert_eq!(key, "(top level)");
+    }
+
     #[test]
     fn expands_references_defaults_and_dollars() {
         assert_eq!(expand("amqp://u:${USER_PASS}@h", env).unwrap(), "amqp://u:s3cret@h");
@@ -148,5 +174,116 @@ mod tests {
         let (key, problem) = interpolate(&mut tree, &mut Vec::new(), &mut Substitutions::default()).unwrap_err();
         assert_eq!(key, "routes.a.bindings[0].exchange");
         assert!(problem.contains("NOPE_X"));
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    const TOKENS: &[&str] = &["$", "$$", "${", "}", ":-", "${A}", "${B:-x}", "${_1}", "${ }", "{", "é"];
+
+    /// One piece of a template, and what it should expand to.
+    #[derive(Debug, Clone)]
+    enum Piece {
+        Literal(String),
+        Dollar,
+        Reference { name: String, default: Option<String> },
+    }
+
+    fn piece() -> impl Strategy<Value = Piece> {
+        prop_oneof![
+            "[^$]{0,8}".prop_map(Piece::Literal),
+            Just(Piece::Dollar),
+            ("[A-Z_][A-Z0-9_]{0,3}", proptest::option::of("[^}]{0,6}"))
+                .prop_map(|(name, default)| Piece::Reference { name, default }),
+        ]
+    }
+
+    fn environment() -> impl Strategy<Value = BTreeMap<String, String>> {
+        prop::collection::btree_map("[A-Z_][A-Z0-9_]{0,3}", ".{0,8}", 0..6)
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(512))]
+
+        #[test]
+        fn escaped_text_expands_back_to_itself(text in fuzzing::text(TOKENS, 24)) {
+            let escaped = text.replace('$', "$$");
+            prop_assert_eq!(expand(&escaped, |_| None), Ok(text));
+        }
+
+        #[test]
+        fn a_template_expands_to_its_values_or_names_the_missing_one(
+            pieces in prop::collection::vec(piece(), 0..8),
+            env in environment(),
+        ) {
+            let template: String = pieces.iter().map(|piece| match piece {
+                Piece::Literal(text) => text.clone(),
+                Piece::Dollar => "$$".into(),
+                Piece::Reference { name, default: None } => format!("${{{name}}}"),
+                Piece::Reference { name, default: Some(default) } => format!("${{{name}:-{default}}}"),
+            }).collect();
+            let mut expected = String::new();
+            let mut missing = None;
+            for piece in &pieces {
+                match piece {
+                    Piece::Literal(text) => expected.push_str(text),
+                    Piece::Dollar => expected.push('$'),
+                    Piece::Reference { name, default } => match env.get(name).or(default.as_ref()) {
+                        Some(value) => expected.push_str(value),
+                        None => {
+                            missing = Some(name.clone());
+                            break;
+                        }
+                    },
+                }
+            }
+            let expanded = expand(&template, |name| env.get(name).cloned());
+            match missing {
+                None => prop_assert_eq!(expanded, Ok(expected)),
+                Some(name) => {
+                    let error = expanded.unwrap_err();
+                    prop_assert!(error.contains(&format!("{name} is not set")), "{}", error);
+                }
+            }
+        }
+
+        #[test]
+        fn any_text_expands_or_says_what_is_wrong(text in fuzzing::text(TOKENS, 24)) {
+            if let Err(problem) = expand(&text, |name| (name == "A").then(|| "a".to_string())) {
+                let known = ["unterminated ${...}", "invalid environment variable name", "is not set"];
+                prop_assert!(known.iter().any(|k| problem.contains(k)), "{}", problem);
+            }
+        }
+
+        #[test]
+        fn a_substituted_value_never_shows_in_an_error(
+            // No `$`, `{` or `}`: a value that is part of `${S}` is no secret shown.
+            value in "[ -#%-z|~é\\n\\t]{3,12}",
+            before in ".{0,6}",
+            after in ".{0,6}",
+        ) {
+            let substituted = Substitutions(vec![("S".into(), value.clone())]);
+            for shown in [value.clone(), format!("{value:?}")] {
+                let problem = substituted.hide_in(&format!("{before}{shown}{after}"));
+                let escaped = format!("{value:?}");
+                prop_assert!(!problem.contains(&value), "{} shows {:?}", problem, value);
+                prop_assert!(!problem.contains(&escaped[1..escaped.len() - 1]), "{} shows {}", problem, escaped);
+            }
+        }
+    }
+
+    #[test]
+    fn interpolation_errors_name_the_key_path_of_the_bad_string() {
+        let mut tree = serde_json::json!({"a": [{"b": "ok"}, {"c.d": "${BAD NAME}"}]});
+        let (key, problem) = interpolate(&mut tree, &mut Vec::new(), &mut Substitutions::default()).unwrap_err();
+        assert_eq!(key, "a[1].c.d");
+        assert!(problem.contains("BAD NAME"), "{problem}");
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Duration;
 
 use bytesize::ByteSize;
 
@@ -302,12 +303,26 @@ fn check_route(
             "a delay must be at least 1ms".into(),
         ));
     }
+    // A delay is its retry queue's message TTL: milliseconds in 32 bits.
+    let longest = Duration::from_millis(i32::MAX as u64);
+    if let Some(index) = route.retry.delays.iter().position(|d| *d > longest) {
+        let problem = format!(
+            "{} is longer than a message TTL can be ({})",
+            humantime::format_duration(route.retry.delays[index]),
+            humantime::format_duration(longest)
+        );
+        return Err((format!("{key}.retry.delays[{index}]"), problem));
+    }
     let limits = route.limits.guest();
     if limits.time.is_zero() {
         return Err((format!("{key}.limits.time"), "must be more than 0".into()));
     }
     if limits.memory < 1 << 20 {
         return Err((format!("{key}.limits.memory"), "must be at least 1MiB".into()));
+    }
+    if limits.memory > 4 << 30 {
+        let problem = "must be at most 4GiB, all a 32-bit guest can address".into();
+        return Err((format!("{key}.limits.memory"), problem));
     }
     if limits.body >= limits.memory {
         let problem = format!(

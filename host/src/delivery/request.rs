@@ -239,3 +239,134 @@ mod tests {
         assert!(object_in_uri.unwrap_err().contains("\"crmId\" must be a string"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use percent_encoding::percent_decode_str;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::Parameter;
+    use crate::fuzzing;
+
+    const TOKENS: &[&str] = &[
+        "/",
+        "..",
+        ".",
+        "?",
+        "#",
+        "%",
+        "%2e",
+        "%2F",
+        "@",
+        ":",
+        "\r",
+        "\n",
+        "\\",
+        "{id}",
+        "{q}",
+        " ",
+        "é",
+        "\u{7f}",
+        "\u{85}",
+        "&",
+        "=",
+        "+",
+        "http://evil.test/",
+    ];
+
+    /// `items/{id}/sub`, with one parameter in each location.
+    fn operation() -> Operation {
+        let parameter = |location, required| Parameter { location, required };
+        Operation {
+            method: HttpMethod::Post,
+            uri: "items/{id}/sub".into(),
+            parameters: [
+                ("id".to_string(), parameter(Location::Uri, true)),
+                ("q".to_string(), parameter(Location::Query, false)),
+                ("X-Tag".to_string(), parameter(Location::Header, false)),
+                ("body".to_string(), parameter(Location::Json, false)),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let text = fuzzing::text(TOKENS, 8);
+        prop_oneof![
+            6 => text.prop_map(Value::String),
+            1 => any::<i64>().prop_map(Value::from),
+            1 => any::<f64>().prop_map(Value::from),
+            1 => any::<bool>().prop_map(Value::from),
+            1 => Just(Value::Null),
+            1 => fuzzing::text(TOKENS, 3).prop_map(|text| serde_json::json!({"a": text})),
+        ]
+    }
+
+    fn arguments() -> impl Strategy<Value = Map<String, Value>> {
+        let name = prop::sample::select(&["id", "q", "X-Tag", "body", "other"][..]);
+        prop::collection::btree_map(name, value(), 0..5).prop_map(|args| {
+            args.into_iter()
+                .map(|(name, value)| (name.to_string(), value))
+                .collect()
+        })
+    }
+
+    fn text_of(value: &Value) -> String {
+        match value {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(1024))]
+
+        /// A value can change neither the host nor the path's other
+        /// segments, and it reads back from where its parameter put it.
+        #[test]
+        fn arguments_stay_where_their_parameters_put_them(args in arguments()) {
+            let base = reqwest::Url::parse("https://shop.test:8443/api/v1/").unwrap();
+            let Ok(request) = build_request(&base, &operation(), &args) else {
+                return Ok(());
+            };
+            let url = &request.url;
+            prop_assert_eq!(url.scheme(), "https");
+            prop_assert_eq!(url.host_str(), Some("shop.test"));
+            prop_assert_eq!(url.port(), Some(8443));
+            prop_assert_eq!(url.fragment(), None);
+            prop_assert!(!url.as_str().contains(['\r', '\n']), "{}", url);
+            let segments: Vec<&str> = url.path_segments().unwrap().collect();
+            prop_assert_eq!(segments.len(), 5, "{}", url);
+            prop_assert_eq!(&segments[..3], &["api", "v1", "items"][..]);
+            prop_assert_eq!(segments[4], "sub");
+            let id = percent_decode_str(segments[3]).decode_utf8().unwrap();
+            prop_assert_eq!(id, text_of(&args["id"]));
+
+            let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+            match args.get("q").filter(|q| !q.is_null()) {
+                Some(q) => prop_assert_eq!(query, vec![("q".to_string(), text_of(q))]),
+                None => prop_assert!(query.is_empty()),
+            }
+            for (name, value) in &request.headers {
+                prop_assert!(reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok());
+                prop_assert!(reqwest::header::HeaderValue::from_str(value).is_ok(), "{:?}", value);
+            }
+            let body = request.json.unwrap();
+            prop_assert_eq!(body.get("body"), args.get("body"));
+        }
+
+        /// Whatever the arguments, a refusal names the parameter at fault
+        /// (or the path it would have made).
+        #[test]
+        fn a_refused_call_names_its_parameter(args in arguments()) {
+            let base = reqwest::Url::parse("http://shop.test/").unwrap();
+            if let Err(problem) = build_request(&base, &operation(), &args) {
+                let named = ["id", "q", "X-Tag", "other"].iter().any(|name| problem.contains(&format!("{name:?}")));
+                // A `.` or `..` segment is named by the path it would make.
+                prop_assert!(named || problem.contains("may not change the path"), "{}", problem);
+            }
+        }
+    }
+}

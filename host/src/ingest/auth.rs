@@ -60,7 +60,8 @@ fn query_value(query: &str, name: &str) -> Option<Vec<u8>> {
 }
 
 fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+    // `from_str_radix` alone would take a sign: `+f` is no hex pair.
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())
@@ -126,6 +127,14 @@ mod tests {
         assert!(!body_signed(Some(&auth), &HeaderMap::new(), body));
     }
 
+    /// Fuzz finding (`fuzz::hex_reads_back_what_it_decodes`): a `+` was
+    /// read as part of a hex pair (`+f` as 0x0f).
+    #[test]
+    fn a_signature_with_a_sign_is_no_hex() {
+        assert_eq!(hex_decode("+f0a"), None);
+        assert_eq!(hex_decode("0F0a"), Some(vec![0x0f, 0x0a]));
+    }
+
     #[test]
     fn bearer_and_query_tokens_must_match_exactly() {
         let bearer = IngestAuth::Bearer {
@@ -148,5 +157,33 @@ mod tests {
         assert!(head_allowed(Some(&query), &none, Some("x=1&token=a%20b%2Fc")));
         assert!(!head_allowed(Some(&query), &none, Some("token=a%20b")));
         assert!(!head_allowed(Some(&query), &none, None));
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    proptest! {
+        #![proptest_config(fuzzing::config(1024))]
+
+        #[test]
+        fn hex_reads_back_what_it_decodes(text in fuzzing::text(&["0", "a", "F", "+", "-", " ", "é", "0x"], 12)) {
+            if let Some(bytes) = hex_decode(&text) {
+                let written: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+                prop_assert_eq!(written, text.to_ascii_lowercase());
+            }
+        }
+
+        #[test]
+        fn any_query_gives_the_value_of_its_parameter(query in fuzzing::text(&["&", "=", "token", "%", "%2", "%41", "+"], 10)) {
+            if let Some(value) = query_value(&query, "token") {
+                let written = query.split('&').find_map(|pair| pair.strip_prefix("token=")).unwrap();
+                prop_assert_eq!(value, percent_encoding::percent_decode_str(written).collect::<Vec<u8>>());
+            }
+        }
     }
 }

@@ -42,7 +42,8 @@ pub enum FaultCode {
     Server,
 }
 
-/// A SOAP 1.1 fault saying why the envelope was not taken.
+/// A SOAP 1.1 fault saying why the envelope was not taken. The reason may
+/// quote what the sender sent: characters XML cannot hold become U+FFFD.
 pub fn fault(code: FaultCode, reason: &str) -> String {
     let code = match code {
         FaultCode::Client => "soapenv:Client",
@@ -59,8 +60,17 @@ pub fn fault(code: FaultCode, reason: &str) -> String {
  </soapenv:Body>
 </soapenv:Envelope>
 "#,
-        reason = escape(reason)
+        reason = escape(xml_text(reason))
     )
+}
+
+/// `text` with what XML 1.0 cannot carry (controls, U+FFFE, U+FFFF) replaced.
+fn xml_text(text: &str) -> String {
+    let allowed =
+        |c: char| matches!(c, '\t' | '\n' | '\r' | ' '..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..);
+    text.chars()
+        .map(|c| if allowed(c) { c } else { char::REPLACEMENT_CHARACTER })
+        .collect()
 }
 
 /// One outbound message, as far as Passerelle needs it.
@@ -373,6 +383,18 @@ mod tests {
         assert!(parse(&nested).unwrap_err().contains("deeper than"));
     }
 
+    /// Fuzz finding (`fuzz::a_fault_is_xml_that_says_its_reason`): a reason
+    /// quoting a control character the sender sent made a fault that is
+    /// not XML.
+    #[test]
+    fn a_fault_replaces_what_xml_cannot_hold() {
+        let text = fault(FaultCode::Client, "organization 00D\u{1}\u{ffff} is not accepted");
+        assert!(
+            text.contains("organization 00D\u{fffd}\u{fffd} is not accepted"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn a_15_character_organization_id_matches_its_18_character_form() {
         assert!(same_organization("00D000000000001", "00D000000000001AAA"));
@@ -392,5 +414,136 @@ mod tests {
             .unwrap()
             .child(OUTBOUND, "notificationsResponse");
         assert_eq!(response.unwrap().child(OUTBOUND, "Ack").unwrap().text, "true");
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    const TOKENS: &[&str] = &[
+        "<",
+        ">",
+        "</",
+        "/>",
+        "<soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\">",
+        "<soapenv:Body>",
+        "</soapenv:Body>",
+        "<notifications xmlns=\"http://soap.sforce.com/2005/09/outbound\">",
+        "<OrganizationId>00D000000000001AAA</OrganizationId>",
+        "<Notification>",
+        "</Notification>",
+        "<Id>n1</Id>",
+        "<sObject>",
+        "</sObject>",
+        "<a>",
+        "</a>",
+        "xsi:nil=\"true\"",
+        "&amp;",
+        "&#0;",
+        "&#x110000;",
+        "&bogus;",
+        "<![CDATA[",
+        "]]>",
+        "<!DOCTYPE x>",
+        "<?xml version=\"1.0\"?>",
+        "<!--",
+        "-->",
+        "\"",
+        "=",
+        " ",
+    ];
+
+    /// One notification: its id and its fields (`None` is `xsi:nil`).
+    type Fields = BTreeMap<String, Option<String>>;
+
+    /// Text an XML 1.0 document may hold, but `\r` (read back as `\n`).
+    fn xml_text() -> impl Strategy<Value = String> {
+        "[\t\n -\u{d7ff}\u{e000}-\u{fffd}]{0,12}"
+    }
+
+    fn notification() -> impl Strategy<Value = (String, Fields)> {
+        let fields = prop::collection::btree_map("[A-Za-z][A-Za-z0-9_]{0,10}", proptest::option::of(xml_text()), 0..5);
+        ("[A-Za-z0-9]{1,18}", fields)
+    }
+
+    fn envelope(organization: &str, notifications: &[(String, Fields)]) -> String {
+        let mut body = String::new();
+        for (id, fields) in notifications {
+            body.push_str(&format!(
+                r#"<Notification><Id>{id}</Id><sObject xsi:type="sf:Account">"#
+            ));
+            for (name, value) in fields {
+                match value {
+                    Some(value) => body.push_str(&format!("<sf:{name}>{}</sf:{name}>", escape(value.as_str()))),
+                    None => body.push_str(&format!(r#"<sf:{name} xsi:nil="true"/>"#)),
+                }
+            }
+            body.push_str("</sObject></Notification>");
+        }
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="{SOAP_ENVELOPE}" xmlns:xsi="{XML_SCHEMA_INSTANCE}" xmlns:sf="urn:sobject">
+ <soapenv:Body><notifications xmlns="{OUTBOUND}"><OrganizationId>{organization}</OrganizationId>{body}</notifications></soapenv:Body>
+</soapenv:Envelope>"#
+        )
+    }
+
+    /// XML 1.0's `Char` production.
+    fn is_xml_char(c: char) -> bool {
+        matches!(c, '\t' | '\n' | '\r' | ' '..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(1024))]
+
+        #[test]
+        fn any_text_is_an_outbound_message_or_a_reason(text in fuzzing::text(TOKENS, 24)) {
+            if let Err(problem) = parse(&text) {
+                prop_assert!(!problem.is_empty());
+            }
+        }
+
+        /// Every notification and field of an envelope reads back as sent.
+        #[test]
+        fn an_envelope_reads_back_its_notifications(
+            organization in "[A-Za-z0-9]{15,18}",
+            notifications in prop::collection::vec(notification(), 1..4),
+        ) {
+            let message = parse(&envelope(&organization, &notifications)).unwrap();
+            prop_assert_eq!(&message.organization_id, &organization);
+            prop_assert_eq!(message.notifications.len(), notifications.len());
+            for (read, (id, fields)) in message.notifications.iter().zip(&notifications) {
+                prop_assert_eq!(&read.id, id);
+                prop_assert_eq!(read.object_type.as_deref(), Some("Account"));
+                let expected: Map<String, Value> = fields
+                    .iter()
+                    .map(|(name, value)| (name.clone(), value.clone().map_or(Value::Null, Value::String)))
+                    .collect();
+                prop_assert_eq!(&read.fields, &expected);
+            }
+            prop_assert!(same_organization(&organization, &message.organization_id));
+        }
+
+        /// A fault is well-formed XML whose faultstring says the reason,
+        /// whatever the reason holds (it may quote what the sender sent).
+        #[test]
+        fn a_fault_is_xml_that_says_its_reason(reason in ".{0,24}") {
+            let text = fault(FaultCode::Client, &reason);
+            prop_assert!(text.chars().all(is_xml_char), "{:?}", text);
+            let tree = read_tree(&text).unwrap();
+            let body = tree.child(SOAP_ENVELOPE, "Body").unwrap();
+            let fault = body.child(SOAP_ENVELOPE, "Fault").unwrap();
+            let said = &fault.children.iter().find(|child| child.name == "faultstring").unwrap().text;
+            // XML readers may take a CR as a line end, as LF.
+            let lines = |text: &str| text.replace("\r\n", "\n").replace('\r', "\n");
+            let expected: String = reason.chars().map(|c| if is_xml_char(c) { c } else { char::REPLACEMENT_CHARACTER }).collect();
+            prop_assert_eq!(lines(said), lines(&expected));
+        }
     }
 }

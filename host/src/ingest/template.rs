@@ -196,3 +196,111 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    const TOKENS: &[&str] = &[
+        "{",
+        "}",
+        "{header:",
+        "header:",
+        "{Type}",
+        "{header:x-event}",
+        ":",
+        ".",
+        "#",
+        "*",
+        " ",
+        "é",
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Piece {
+        Literal(String),
+        Field(String, Value),
+        Header(String, String),
+    }
+
+    fn piece() -> impl Strategy<Value = Piece> {
+        let value = prop_oneof![
+            "[^{}]{1,8}".prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<bool>().prop_map(Value::from),
+        ];
+        prop_oneof![
+            "[^{}]{1,12}".prop_map(Piece::Literal),
+            ("[A-Za-z_][A-Za-z0-9_ ]{0,5}", value).prop_map(|(name, value)| Piece::Field(name, value)),
+            (prop::sample::select(&["x-event", "x-tenant"][..]), "[!-~]{1,8}")
+                .prop_map(|(name, value)| Piece::Header(name.to_string(), value)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(1024))]
+
+        #[test]
+        fn any_text_is_a_template_or_refused_naming_it(text in fuzzing::text(TOKENS, 12)) {
+            match RoutingKeyTemplate::try_from(text.clone()) {
+                Ok(template) => prop_assert_eq!(template.as_str(), text),
+                Err(problem) => prop_assert!(problem.contains(&format!("{text:?}")), "{}", problem),
+            }
+        }
+
+        /// A template renders its literals and values in order, or says the
+        /// key would not fit in a routing key.
+        #[test]
+        fn a_template_renders_its_values_in_place(pieces in prop::collection::vec(piece(), 0..6)) {
+            let mut text = String::new();
+            let mut expected = String::new();
+            let mut fields = Map::new();
+            let mut headers = HeaderMap::new();
+            for piece in &pieces {
+                match piece {
+                    Piece::Literal(literal) => {
+                        text.push_str(literal);
+                        expected.push_str(literal);
+                    }
+                    Piece::Field(name, value) => {
+                        text.push_str(&format!("{{{name}}}"));
+                        let value = fields.entry(name.clone()).or_insert(value.clone());
+                        expected.push_str(&value.as_str().map_or_else(|| value.to_string(), str::to_string));
+                    }
+                    Piece::Header(name, value) => {
+                        text.push_str(&format!("{{header:{name}}}"));
+                        let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+                        let value = headers.entry(name).or_insert(value.parse().unwrap());
+                        expected.push_str(value.to_str().unwrap());
+                    }
+                }
+            }
+            let Ok(template) = RoutingKeyTemplate::try_from(text.clone()) else {
+                prop_assert!(text.len() > MAX_ROUTING_KEY);
+                return Ok(());
+            };
+            match template.render(Some(&fields), &headers) {
+                Ok(key) => prop_assert_eq!(key, expected),
+                Err(problem) => {
+                    prop_assert!(expected.len() > MAX_ROUTING_KEY, "{}", problem);
+                    prop_assert!(problem.contains("longer than 255 bytes"), "{}", problem);
+                }
+            }
+        }
+
+        /// Whatever the body holds, a rendered key fits AMQP.
+        #[test]
+        fn any_body_renders_a_key_that_fits_or_names_the_field(
+            body in fuzzing::json(&["Type", "a", "é", ".", "#"]),
+        ) {
+            let template = RoutingKeyTemplate::try_from("account.{Type}".to_string()).unwrap();
+            match template.render(body.as_object(), &HeaderMap::new()) {
+                Ok(key) => prop_assert!(lapin::types::ShortString::try_new(key).is_ok()),
+                Err(problem) => prop_assert!(problem.contains("\"Type\"") || problem.contains("255 bytes"), "{}", problem),
+            }
+        }
+    }
+}

@@ -15,7 +15,7 @@ use super::guest::bindings::passerelle::transform::types::{Action, Header};
 
 /// AMQP short strings (exchange names, routing keys, header names) hold at
 /// most 255 bytes: a longer one cannot be framed at all.
-pub const AMQP_SHORT_STRING: usize = 255;
+pub const AMQP_SHORT_STRING: usize = crate::amqp::MAX_SHORT_STRING;
 /// A publish's headers travel in one frame (RabbitMQ's `frame_max` is
 /// 128 KiB by default): the rest of the frame is left for ours.
 pub const MAX_PUBLISH_HEADERS: usize = 64 << 10;
