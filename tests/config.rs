@@ -196,12 +196,23 @@ fn broker_urls_are_one_of_url_and_urls_and_each_bad_one_is_named_without_its_pas
     let (output, stderr) = check(&good_config().replace(one, list));
     assert!(output.status.success(), "a list of nodes is refused: {stderr}");
 
-    let bad_second = list.replace("amqp://guest:guest@127.0.0.1:5673", "http://admin:hunter2@rabbit-2:5672");
-    assert_refused(&good_config().replace(one, &bad_second), "amqp.urls[1]", &["admin:***@rabbit-2"]);
+    let bad_second = list.replace(
+        "amqp://guest:guest@127.0.0.1:5673",
+        "http://admin:hunter2@rabbit-2:5672",
+    );
+    assert_refused(
+        &good_config().replace(one, &bad_second),
+        "amqp.urls[1]",
+        &["admin:***@rabbit-2"],
+    );
     let (_, stderr) = check(&good_config().replace(one, &bad_second));
     assert!(!stderr.contains("hunter2"), "{stderr}");
 
-    assert_refused(&good_config().replace(one, &format!("{one}{list}")), "amqp", &["both url and urls"]);
+    assert_refused(
+        &good_config().replace(one, &format!("{one}{list}")),
+        "amqp",
+        &["both url and urls"],
+    );
     assert_refused(&good_config().replace(one, "  urls: []\n"), "amqp", &["no broker"]);
 }
 

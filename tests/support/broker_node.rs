@@ -245,10 +245,7 @@ impl Cluster {
             if running == self.nodes.len() {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the cluster did not form: {status:?}"
-            );
+            assert!(Instant::now() < deadline, "the cluster did not form: {status:?}");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }

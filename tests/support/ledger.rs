@@ -23,6 +23,8 @@ pub struct Misbehaviour {
 #[derive(Default)]
 struct State {
     accepted: BTreeMap<String, u32>,
+    /// Accepted requests per transform version (the host's version header).
+    versions: BTreeMap<String, u32>,
     misbehaviour: Misbehaviour,
     answered_503: u64,
     answered_slowly: u64,
@@ -81,6 +83,11 @@ impl Ledger {
         self.state.lock().unwrap().accepted.clone()
     }
 
+    /// Accepted requests per transform version, in order of version name.
+    pub fn versions(&self) -> BTreeMap<String, u32> {
+        self.state.lock().unwrap().versions.clone()
+    }
+
     /// (answered 503, answered slowly) so far.
     pub fn misbehaved(&self) -> (u64, u64) {
         let state = self.state.lock().unwrap();
@@ -104,6 +111,7 @@ impl Ledger {
 async fn accept(
     axum::extract::State(ledger): axum::extract::State<Ledger>,
     axum::extract::Path(id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> axum::http::StatusCode {
     use axum::http::StatusCode;
     if !*ledger.up.borrow() {
@@ -123,7 +131,14 @@ async fn accept(
     if !*ledger.up.borrow() {
         return never_answer().await;
     }
-    *ledger.state.lock().unwrap().accepted.entry(id).or_insert(0) += 1;
+    let version = headers
+        .get("x-passerelle-transform-version")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("(none)")
+        .to_string();
+    let mut state = ledger.state.lock().unwrap();
+    *state.accepted.entry(id).or_insert(0) += 1;
+    *state.versions.entry(version).or_insert(0) += 1;
     StatusCode::OK
 }
 
