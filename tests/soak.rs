@@ -283,7 +283,8 @@ impl Scene {
         std::fs::rename(&beside, &target).unwrap();
     }
 
-    /// `passerelle deploy` of another new version to every host; its version.
+    /// `passerelle deploy` of another new version to every host, signed
+    /// with the test fleet key; its version.
     async fn fleet_deploy(&self) -> String {
         let component = self.dir.dir.path().join("deployed.wasm");
         std::fs::write(&component, support::new_version()).unwrap();
@@ -373,9 +374,11 @@ routes:
     endpoints: [shop]
     concurrency: 16
     retry: {{ immediate: 2, backoff: 100ms, delays: [1s, 2s, 5s, 10s, 20s, 40s] }}
-"#,
+{fleet}"#,
         urls = urls.join(", "),
         base = ledger.base_url(),
+        // Fleet deploys are signed: hosts check them with the test key.
+        fleet = support::fleet_section(),
     )
 }
 
