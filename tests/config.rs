@@ -190,6 +190,33 @@ fn secrets_never_appear_in_errors() {
 }
 
 #[test]
+fn broker_urls_are_one_of_url_and_urls_and_each_bad_one_is_named_without_its_password() {
+    let one = "  url: amqp://guest:guest@127.0.0.1:5672/%2f\n";
+    let list = "  urls: [amqp://guest:guest@127.0.0.1:5672/%2f, amqp://guest:guest@127.0.0.1:5673/%2f]\n";
+    let (output, stderr) = check(&good_config().replace(one, list));
+    assert!(output.status.success(), "a list of nodes is refused: {stderr}");
+
+    let bad_second = list.replace(
+        "amqp://guest:guest@127.0.0.1:5673",
+        "http://admin:hunter2@rabbit-2:5672",
+    );
+    assert_refused(
+        &good_config().replace(one, &bad_second),
+        "amqp.urls[1]",
+        &["admin:***@rabbit-2"],
+    );
+    let (_, stderr) = check(&good_config().replace(one, &bad_second));
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+
+    assert_refused(
+        &good_config().replace(one, &format!("{one}{list}")),
+        "amqp",
+        &["both url and urls"],
+    );
+    assert_refused(&good_config().replace(one, "  urls: []\n"), "amqp", &["no broker"]);
+}
+
+#[test]
 fn a_refused_broker_login_names_the_broker_but_not_the_password() {
     let dir = ConfigDir::new();
     let yaml = good_config().replace("amqp://guest:guest@", "amqp://guest:not-the-password-42@");

@@ -214,6 +214,25 @@ async fn a_connection_closed_by_the_broker_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_host_given_several_brokers_uses_the_first_that_answers() {
+    let setup = Setup::new().await;
+    let config = setup.config(QUICK_RETRY, "");
+    // Nothing listens on port 1: the host goes on to the second address.
+    let one = format!("  url: {}", support::AMQP_URL);
+    let list = format!("  urls: [amqp://guest:guest@127.0.0.1:1/%2f, {}]", support::AMQP_URL);
+    let yaml = std::fs::read_to_string(&config).unwrap().replace(&one, &list);
+    std::fs::write(&config, yaml).unwrap();
+    let host = setup.start_host(&config).await;
+    setup.publish_crm_account("several-brokers").await;
+    setup.server.wait_for_calls(1, Duration::from_secs(30)).await;
+    assert!(
+        host.log().contains("connected to amqp://guest:***@127.0.0.1:5672"),
+        "{}",
+        host.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_killed_host_loses_nothing_once_restarted() {
     let setup = Setup::new().await;
     let config = setup.config(QUICK_RETRY, "");

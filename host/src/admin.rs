@@ -322,7 +322,7 @@ async fn rollback(State(state): State<AdminState>, Path(name): Path<String>) -> 
 }
 
 async fn connect(state: &AdminState) -> Result<Arc<lapin::Connection>, Problem> {
-    let connection = amqp::connect(&state.parts.config.amqp.url, "passerelle-admin")
+    let connection = amqp::connect_first(&state.parts.config.amqp.urls, "passerelle-admin")
         .await
         .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
     Ok(Arc::new(connection))

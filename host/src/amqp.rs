@@ -1,9 +1,13 @@
 //! RabbitMQ: connecting, declaring each route's topology idempotently and
 //! publishing with confirms. `headers` is every header we read or write;
-//! `consumer` is the AMQP side of a route's message path.
+//! `consumer` is the AMQP side of a route's message path; `brokers` is
+//! the list of addresses a connection may go to.
 
+pub mod brokers;
 pub mod consumer;
 pub mod headers;
+
+pub use brokers::Brokers;
 
 use std::sync::Arc;
 
@@ -17,7 +21,13 @@ use tokio::sync::Mutex;
 
 use crate::config::{QueueType, Route, Secret, redact_url};
 
-pub async fn connect(url: &Secret, name: &str) -> anyhow::Result<Connection> {
+/// Connects to the first of `urls` that answers: for one connection
+/// that is not re-established (operator commands).
+pub async fn connect_first(urls: &[Secret], name: &str) -> anyhow::Result<Connection> {
+    Brokers::new(urls).connect(name).await
+}
+
+async fn connect(url: &Secret, name: &str) -> anyhow::Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(url.expose(), properties)
         .await

@@ -79,7 +79,12 @@ pub struct Admin {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Amqp {
-    pub url: Secret,
+    /// One broker. Validation moves it into `urls`: write one or the other.
+    #[serde(default)]
+    url: Option<Secret>,
+    /// The nodes of a cluster, tried in order on connect and after a loss.
+    #[serde(default)]
+    pub urls: Vec<Secret>,
     /// How long a shutdown waits for messages in flight.
     #[serde(default = "defaults::shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,

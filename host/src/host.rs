@@ -16,7 +16,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin;
-use crate::amqp::{self, consumer};
+use crate::amqp::{self, Brokers, consumer};
 use crate::config::Config;
 use crate::delivery::Http;
 use crate::ingest::{self, IngestServer};
@@ -77,16 +77,23 @@ impl Host {
             None => None,
         };
         reload::watch_components(&parts.routes, &parts.reloader, shutdown.clone())?;
-        let connection = connect_and_declare(&parts.config, &parts.memory).await?;
+        // The serving loop's own: it moves to the next address after a loss.
+        let brokers = Brokers::new(&parts.config.amqp.urls);
+        let connection = connect_and_declare(&parts.config, &parts.memory, &brokers).await?;
         // After the topology is declared, so that the first webhooks find their queues.
         let ingest = match &parts.config.ingest {
             Some(settings) => {
                 let stats = parts.stats.clone();
-                Some(ingest::serve(settings, &parts.config.amqp.url, stats, shutdown.clone()).await?)
+                Some(ingest::serve(settings, &parts.config.amqp.urls, stats, shutdown.clone()).await?)
             }
             None => None,
         };
-        let serving = tokio::spawn(serve_until_shutdown(parts.clone(), connection, shutdown.clone()));
+        let serving = tokio::spawn(serve_until_shutdown(
+            parts.clone(),
+            brokers,
+            connection,
+            shutdown.clone(),
+        ));
         Ok(Self {
             parts,
             shutdown,
@@ -135,9 +142,11 @@ impl Host {
     }
 }
 
-/// Serves on `connection`, then on each new one after a loss, until shutdown.
+/// Serves on `connection`, then on each new one after a loss (trying the
+/// next broker address first), until shutdown.
 async fn serve_until_shutdown(
     parts: Parts,
+    brokers: Brokers,
     mut connection: Arc<Connection>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -162,7 +171,8 @@ async fn serve_until_shutdown(
             }
             Err(error) => tracing::warn!("connection lost, reconnecting: {error:#}"),
         }
-        match reconnect(&parts.config, &parts.memory, &shutdown).await {
+        brokers.lost();
+        match reconnect(&parts.config, &parts.memory, &brokers, &shutdown).await {
             Some(next) => connection = next,
             None => return Ok(()),
         }
@@ -179,14 +189,19 @@ fn announce(trust: &fleet::Trust) {
 }
 
 /// Connects again with exponential backoff; None when a shutdown came first.
-async fn reconnect(config: &Config, memory: &Memory, shutdown: &CancellationToken) -> Option<Arc<Connection>> {
+async fn reconnect(
+    config: &Config,
+    memory: &Memory,
+    brokers: &Brokers,
+    shutdown: &CancellationToken,
+) -> Option<Arc<Connection>> {
     let mut delay = Duration::from_secs(1);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => return None,
         }
-        match connect_and_declare(config, memory).await {
+        match connect_and_declare(config, memory, brokers).await {
             Ok(connection) => return Some(connection),
             Err(error) => tracing::warn!("{error:#}; retrying in {:?}", delay * 2),
         }
@@ -194,11 +209,14 @@ async fn reconnect(config: &Config, memory: &Memory, shutdown: &CancellationToke
     }
 }
 
-async fn connect_and_declare(config: &Config, memory: &Memory) -> anyhow::Result<Arc<Connection>> {
+/// Connects to the first broker address that answers and declares the
+/// topology there; a node that fails the declaring counts as lost.
+async fn connect_and_declare(config: &Config, memory: &Memory, brokers: &Brokers) -> anyhow::Result<Arc<Connection>> {
     // The pid tells an operator (and a test) which host a connection is.
     let name = format!("passerelle pid {}", std::process::id());
-    let connection = Arc::new(amqp::connect(&config.amqp.url, &name).await?);
+    let connection = Arc::new(brokers.connect(&name).await?);
     if let Err(error) = declare_all(&connection, config, memory).await {
+        brokers.lost();
         let _ = connection.close(200, "declaring failed".into()).await;
         return Err(error);
     }

@@ -58,7 +58,7 @@ struct IngestState {
 /// the start), then serves until `shutdown`.
 pub async fn serve(
     settings: &Ingest,
-    amqp_url: &Secret,
+    amqp_urls: &[Secret],
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<IngestServer> {
@@ -68,7 +68,7 @@ pub async fn serve(
     let address = listener.local_addr()?;
     // Named like the host's connection, so that operators and tests can tell it apart.
     let name = format!("passerelle pid {} ingest", std::process::id());
-    let link = Arc::new(Link::connect(amqp_url.clone(), name).await?);
+    let link = Arc::new(Link::connect(amqp_urls, name).await?);
     let state = IngestState {
         settings: Arc::new(settings.clone()),
         link: link.clone(),

@@ -4,7 +4,9 @@
 //! answers as told, and the real `passerelle` binary as a child process.
 #![allow(dead_code)] // each test file uses its own part of this
 
+pub mod broker_node;
 pub mod browser;
+pub mod ledger;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};

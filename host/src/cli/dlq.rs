@@ -43,7 +43,7 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<u8> {
     };
     let config = Config::load_for_broker(&target.config.path)?;
     let route = config.route(&target.route)?;
-    let connection = Arc::new(amqp::connect(&config.amqp.url, "passerelle-dlq").await?);
+    let connection = Arc::new(amqp::connect_first(&config.amqp.urls, "passerelle-dlq").await?);
     let dead_letter_queue = route.dead_letter_queue();
     match &command {
         DlqCommand::List(_) => print_dead_letters(&dlq::list(&connection, route).await?),

@@ -67,7 +67,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
         strict: args.strict,
         source,
     };
-    let connection = amqp::connect(&config.amqp.url, "passerelle-import").await?;
+    let connection = amqp::connect_first(&config.amqp.urls, "passerelle-import").await?;
     let progress = Progress::new(size);
     let counted = Counted::new(input, progress.bar.clone());
     let summary = match format {

@@ -26,7 +26,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<u8> {
     let config = Config::load_for_broker(&args.config.path)?;
     let mut body = Vec::new();
     std::io::stdin().read_to_end(&mut body)?;
-    let connection = Arc::new(amqp::connect(&config.amqp.url, "passerelle-publish").await?);
+    let connection = Arc::new(amqp::connect_first(&config.amqp.urls, "passerelle-publish").await?);
     let mut properties = lapin::BasicProperties::default().with_content_type(args.content_type.as_str().into());
     if let Some(id) = &args.message_id {
         properties = properties.with_message_id(id.as_str().into());

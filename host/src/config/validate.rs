@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 
-use super::{Auth, Config, EchoSettings, Endpoint, Location, Locator, Operation, Route, Secret, Secrets};
+use super::{Amqp, Auth, Config, EchoSettings, Endpoint, Location, Locator, Operation, Route, Secret, Secrets};
 
 pub(super) type Problem = (String, String);
 
 pub fn check(config: &mut Config, base: &Path, secrets: Secrets) -> Result<(), Problem> {
-    check_amqp_url(config.amqp.url.expose())?;
+    check_amqp_urls(&mut config.amqp)?;
     for (name, endpoint) in &mut config.endpoints {
         check_endpoint(name, endpoint, secrets)?;
     }
@@ -44,14 +44,38 @@ pub(super) fn secret_from_env(key: &str, variable: &str) -> Result<Secret, Probl
         .map_err(|_| (key.to_string(), format!("environment variable {variable} is not set")))
 }
 
-fn check_amqp_url(url: &str) -> Result<(), Problem> {
+/// Exactly one of `amqp.url` and `amqp.urls`; after this, `urls` holds
+/// the addresses either way.
+fn check_amqp_urls(amqp: &mut Amqp) -> Result<(), Problem> {
+    match (amqp.url.take(), amqp.urls.is_empty()) {
+        (Some(url), true) => {
+            check_amqp_url("amqp.url".into(), url.expose())?;
+            amqp.urls = vec![url];
+        }
+        (None, false) => {
+            for (n, url) in amqp.urls.iter().enumerate() {
+                check_amqp_url(format!("amqp.urls[{n}]"), url.expose())?;
+            }
+        }
+        (Some(_), false) => {
+            return Err((
+                "amqp".into(),
+                "both url and urls are set: write one or the other".into(),
+            ));
+        }
+        (None, true) => {
+            let problem = "no broker: set url (one broker) or urls (the nodes of a cluster)";
+            return Err(("amqp".into(), problem.into()));
+        }
+    }
+    Ok(())
+}
+
+fn check_amqp_url(key: String, url: &str) -> Result<(), Problem> {
     if url.starts_with("amqp://") || url.starts_with("amqps://") {
         return Ok(());
     }
-    Err((
-        "amqp.url".into(),
-        format!("{:?} is not an amqp:// or amqps:// URL", redact_url(url)),
-    ))
+    Err((key, format!("{:?} is not an amqp:// or amqps:// URL", redact_url(url))))
 }
 
 /// Hides the password of a URL, for errors and logs.

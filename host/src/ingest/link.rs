@@ -13,7 +13,7 @@ use futures_util::future::join_all;
 use lapin::{BasicProperties, Connection};
 use tokio::sync::Mutex;
 
-use crate::amqp::{self, Publisher};
+use crate::amqp::{Brokers, Publisher};
 use crate::config::Secret;
 
 /// How long a request waits for a connection, then for a confirm.
@@ -32,7 +32,7 @@ pub struct Outgoing {
 }
 
 pub struct Link {
-    url: Secret,
+    brokers: Brokers,
     name: String,
     state: Mutex<State>,
 }
@@ -51,14 +51,15 @@ struct Linked {
 
 impl Link {
     /// Connects at once: a host whose ingest cannot reach the broker does not start.
-    pub async fn connect(url: Secret, name: String) -> anyhow::Result<Self> {
-        let linked = open(&url, &name).await?;
+    pub async fn connect(urls: &[Secret], name: String) -> anyhow::Result<Self> {
+        let brokers = Brokers::new(urls);
+        let linked = open(&brokers, &name).await?;
         let state = State {
             current: Some(linked),
             last_failed_connect: None,
         };
         Ok(Self {
-            url,
+            brokers,
             name,
             state: Mutex::new(state),
         })
@@ -107,6 +108,7 @@ impl Link {
                 return Ok(linked);
             }
             close_in_background(linked.connection);
+            self.brokers.lost();
             return Err(anyhow!("the broker connection was lost; the next request reconnects"));
         }
         if state
@@ -115,7 +117,7 @@ impl Link {
         {
             return Err(anyhow!("the broker was unreachable less than {CONNECT_BACKOFF:?} ago"));
         }
-        match open(&self.url, &self.name).await {
+        match open(&self.brokers, &self.name).await {
             Ok(linked) => {
                 tracing::info!("ingest: connected to the broker again");
                 state.current = Some(linked.clone());
@@ -137,6 +139,7 @@ impl Link {
             .take_if(|current| Arc::ptr_eq(&current.connection, &linked.connection))
         {
             close_in_background(current.connection);
+            self.brokers.lost();
         }
     }
 
@@ -148,8 +151,8 @@ impl Link {
     }
 }
 
-async fn open(url: &Secret, name: &str) -> anyhow::Result<Linked> {
-    let connection = tokio::time::timeout(CONNECT_TIMEOUT, amqp::connect(url, name))
+async fn open(brokers: &Brokers, name: &str) -> anyhow::Result<Linked> {
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, brokers.connect(name))
         .await
         .map_err(|_| anyhow!("connecting to the broker took more than {CONNECT_TIMEOUT:?}"))??;
     let connection = Arc::new(connection);

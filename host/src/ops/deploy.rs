@@ -71,7 +71,7 @@ fn rollback_trust(config: &Config) -> anyhow::Result<Trust> {
 pub async fn rollback(config: &Config, runtime: &Runtime, route_name: &str) -> anyhow::Result<(Version, Version)> {
     config.route(route_name)?;
     let trust = rollback_trust(config)?;
-    let connection = amqp::connect(&config.amqp.url, "passerelle-rollback").await?;
+    let connection = amqp::connect_first(&config.amqp.urls, "passerelle-rollback").await?;
     let history = fleet::history(&connection, &config.amqp.control_exchange, route_name).await?;
     let _ = connection.close(200, "read".into()).await;
     // Entries the key did not sign are skipped: a rollback must never
@@ -105,7 +105,7 @@ async fn publish_deployment(
     deployment: &Deployment,
     signer: Option<&DeploySigner>,
 ) -> anyhow::Result<()> {
-    let connection = Arc::new(amqp::connect(&config.amqp.url, "passerelle-deploy").await?);
+    let connection = Arc::new(amqp::connect_first(&config.amqp.urls, "passerelle-deploy").await?);
     let channel = connection.create_channel().await?;
     let routes: Vec<String> = config.routes.keys().cloned().collect();
     let exchange = &config.amqp.control_exchange;
