@@ -795,13 +795,14 @@ impl Deployment {
                 std::fs::copy(transform(name), &copy).unwrap();
             }
         }
+        // The routes come last: tests append routes of their own to the file.
         let yaml = format!(
             r#"
 amqp:
   url: {amqp}
   shutdown_grace: 20s
   control_exchange: {control_exchange}
-endpoints:
+{fleet}endpoints:
 {shop}
 {salesforce}
 routes:
@@ -817,7 +818,7 @@ routes:
     bindings: [{{ exchange: {shop_exchange}, routing_key: "business.*" }}]
     transform: shop-to-crm.wasm
     endpoints: [salesforce]
-{fleet}"#,
+"#,
             amqp = AMQP_URL,
             shop = shop_endpoint(&self.server, shop_endpoint_extra),
             salesforce = salesforce_endpoint(&self.server),
