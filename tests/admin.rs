@@ -9,9 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use support::{
-    ADMIN_TOKEN, CRM_ACCOUNT, Deployment, Host, Reply, close_connection_of, eventually, new_version, transform,
-};
+use support::{ADMIN_TOKEN, CRM_ACCOUNT, Deployment, Reply, close_connection_of, eventually, new_version, transform};
 
 /// One quick in-process retry, no delayed ones: each step below settles fast.
 const QUICK_RETRY: &str = "    retry: { immediate: 1, backoff: 10ms, delays: [] }";
@@ -77,13 +75,6 @@ async fn ready_status(admin: &str) -> u16 {
         .map_or(0, |response| response.status().as_u16())
 }
 
-async fn wait_for_log(host: &Host, what: &str) {
-    eventually(what, Duration::from_secs(30), async || {
-        host.log().contains(what).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_a_known_sequence_and_readiness_follows_the_broker() {
     let setup = Deployment::new().await;
@@ -112,10 +103,10 @@ async fn metrics_count_a_known_sequence_and_readiness_follows_the_broker() {
     // One reload refused, then one swap.
     let component = setup.config_dir.dir.path().join("crm-to-shop.wasm");
     std::fs::write(&component, b"not a component").unwrap();
-    wait_for_log(&host, "refused transform").await;
+    host.wait_for_log("refused transform", 1).await;
     let v2 = new_version();
     std::fs::write(&component, &v2).unwrap();
-    wait_for_log(&host, "swapped transform").await;
+    host.wait_for_log("swapped transform", 1).await;
 
     let samples = metrics(&admin).await;
     let route = r#"route="crm-to-shop""#;
@@ -274,11 +265,8 @@ async fn an_upload_swaps_the_transform_and_a_failing_one_is_refused() {
         .await
         .unwrap();
     assert_eq!(fleet.status(), 200, "{}", fleet.text().await.unwrap());
-    wait_for_log(
-        &host,
-        &format!("swapped transform {v2_version} -> {v3_version} (deploy"),
-    )
-    .await;
+    host.wait_for_log(&format!("swapped transform {v2_version} -> {v3_version} (deploy"), 1)
+        .await;
     let rollback = client()
         .post(format!("{upload_url}/rollback"))
         .bearer_auth(ADMIN_TOKEN)
@@ -291,11 +279,8 @@ async fn an_upload_swaps_the_transform_and_a_failing_one_is_refused() {
         (rolled["from"].as_str(), rolled["to"].as_str()),
         (Some(v3_version.as_str()), Some(v2_version.as_str()))
     );
-    wait_for_log(
-        &host,
-        &format!("swapped transform {v3_version} -> {v2_version} (deploy"),
-    )
-    .await;
+    host.wait_for_log(&format!("swapped transform {v3_version} -> {v2_version} (deploy"), 1)
+        .await;
     // Counted once the swap returns, just after its log line.
     let applied = r#"passerelle_fleet_deploys_applied_total{route="crm-to-shop"}"#;
     eventually(

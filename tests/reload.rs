@@ -25,15 +25,6 @@ fn component_in(dir: &Path) -> PathBuf {
     dir.join("crm-to-shop.wasm")
 }
 
-async fn wait_for_log(host: &Host, what: &str, count: usize) {
-    eventually(
-        &format!("{count} log line(s) with {what:?}"),
-        Duration::from_secs(60),
-        async || (host.log().matches(what).count() >= count).then_some(()),
-    )
-    .await;
-}
-
 /// The version header of each call, by account id.
 fn versions_by_account(setup: &Deployment) -> Vec<(String, String)> {
     setup
@@ -63,7 +54,7 @@ async fn a_file_replaced_mid_stream_swaps_versions_without_loss_or_mix() {
     let v2_bytes = new_version();
     let v2 = version_of(&v2_bytes);
     replace(&component, &v2_bytes);
-    wait_for_log(&host, &format!("swapped transform {v1} -> {v2}"), 1).await;
+    host.wait_for_log(&format!("swapped transform {v1} -> {v2}"), 1).await;
     setup.publish_accounts(2000..3000).await;
 
     setup.wait_until_every_account_arrives(3000, &host).await;
@@ -115,7 +106,7 @@ async fn bad_candidates_are_refused_and_the_old_version_keeps_serving() {
             std::fs::write(&fixtures, failing_fixture).unwrap();
         }
         replace(&component, &bytes);
-        wait_for_log(&host, &format!("{v1} keeps serving"), index + 1).await;
+        host.wait_for_log(&format!("{v1} keeps serving"), index + 1).await;
         let log = host.log();
         let refusal = log.lines().rev().find(|l| l.contains("keeps serving")).unwrap();
         assert!(refusal.contains(reason), "{what}: {refusal}");
@@ -130,7 +121,7 @@ async fn bad_candidates_are_refused_and_the_old_version_keeps_serving() {
     std::fs::remove_file(&fixtures).unwrap();
     let fixed = new_version();
     replace(&component, &fixed);
-    wait_for_log(&host, &format!("-> {}", version_of(&fixed)), 1).await;
+    host.wait_for_log(&format!("-> {}", version_of(&fixed)), 1).await;
     setup.publish_accounts(10..11).await;
     let calls = setup.server.wait_for_calls(5, Duration::from_secs(30)).await;
     assert_eq!(
@@ -185,7 +176,7 @@ async fn one_deploy_swaps_every_host_and_rollback_returns_them_all() {
         String::from_utf8_lossy(&deployed.stderr)
     );
     for host in [&host_a, &host_b] {
-        wait_for_log(host, &format!("swapped transform {v1} -> {v2}"), 1).await;
+        host.wait_for_log(&format!("swapped transform {v1} -> {v2}"), 1).await;
     }
     // The swap comes first, then the file is stored where the route reads it.
     let stored = component_in(other_dir.dir.path());
@@ -222,7 +213,7 @@ async fn one_deploy_swaps_every_host_and_rollback_returns_them_all() {
         String::from_utf8_lossy(&rolled_back.stderr)
     );
     for host in [&host_a, &host_b, &host_c] {
-        wait_for_log(host, &format!("swapped transform {v2} -> {v1}"), 1).await;
+        host.wait_for_log(&format!("swapped transform {v2} -> {v1}"), 1).await;
     }
     setup.publish_accounts(30..60).await;
     setup.server.wait_for_calls(60, Duration::from_secs(30)).await;
@@ -255,7 +246,7 @@ async fn a_restart_after_a_swap_serves_the_new_version_without_recompiling() {
     let v2_bytes = new_version();
     let v2 = version_of(&v2_bytes);
     replace(&component, &v2_bytes);
-    wait_for_log(&host, &format!("-> {v2}"), 1).await;
+    host.wait_for_log(&format!("-> {v2}"), 1).await;
     assert_eq!(host.terminate().code(), Some(0));
 
     let host = setup.start_nth_host(&config, 1, &cache_env).await;
@@ -295,7 +286,7 @@ async fn a_file_written_in_place_in_several_writes_is_read_once_complete() {
     }
     drop(file);
 
-    wait_for_log(&host, &format!("swapped transform {v1} -> {v2}"), 1).await;
+    host.wait_for_log(&format!("swapped transform {v1} -> {v2}"), 1).await;
     assert!(
         !host.log().contains("refused transform"),
         "a half-written file was read:\n{}",

@@ -28,15 +28,6 @@ fn shipped_version() -> String {
     version_of(&std::fs::read(support::transform(ROUTE)).unwrap())
 }
 
-async fn wait_for_log(host: &Host, what: &str, count: usize) {
-    eventually(
-        &format!("{count} log line(s) with {what:?}"),
-        Duration::from_secs(60),
-        async || (host.log().matches(what).count() >= count).then_some(()),
-    )
-    .await;
-}
-
 /// The last log line containing `what`.
 fn last_line(host: &Host, what: &str) -> String {
     let log = host.log();
@@ -167,7 +158,7 @@ async fn unsigned_and_wrongly_signed_deploys_are_refused_and_v1_keeps_serving() 
     for (index, (what, table, reason)) in attacks.into_iter().enumerate() {
         attack(&setup, &payload, table).await;
         for host in [&host_a, &host_b] {
-            wait_for_log(host, &refused, index + 1).await;
+            host.wait_for_log(&refused, index + 1).await;
             let line = last_line(host, &refused);
             assert!(
                 line.contains(reason) && line.contains(&format!("{v1} keeps serving")),
@@ -183,7 +174,7 @@ async fn unsigned_and_wrongly_signed_deploys_are_refused_and_v1_keeps_serving() 
         .with_user_id("guest".into())
         .with_app_id("intruder".into());
     publish_control(&setup, &format!("deploy.{ROUTE}"), &payload, properties).await;
-    wait_for_log(&host_a, &refused, 6).await;
+    host_a.wait_for_log(&refused, 6).await;
     let line = last_line(&host_a, &refused);
     assert!(line.contains(r#"from user "guest", app "intruder""#), "{line}");
     assert_eq!(version_serving(&setup, 10).await, v1);
@@ -259,7 +250,7 @@ async fn control_messages_that_are_not_deploys_are_refused_cleanly_and_the_host_
     ];
     for (index, (what, body, table, reason)) in unsigned.into_iter().enumerate() {
         attack(&setup, body, table).await;
-        wait_for_log(&host, "refused deploy of", index + 1).await;
+        host.wait_for_log("refused deploy of", index + 1).await;
         let line = last_line(&host, "refused deploy of");
         assert!(line.contains(reason), "{what}: {line}");
         assert_eq!(version_serving(&setup, index).await, v1, "after {what}");
@@ -274,7 +265,7 @@ async fn control_messages_that_are_not_deploys_are_refused_cleanly_and_the_host_
     ];
     for (index, (what, body, reason)) in not_components.into_iter().enumerate() {
         attack(&setup, &body, signed(&body)).await;
-        wait_for_log(&host, &format!("{v1} keeps serving"), 6 + index + 1).await;
+        host.wait_for_log(&format!("{v1} keeps serving"), 6 + index + 1).await;
         let line = last_line(&host, "refused transform");
         assert!(line.contains(reason), "{what}: {line}");
         assert_eq!(version_serving(&setup, 10 + index).await, v1, "after {what}");
@@ -284,7 +275,7 @@ async fn control_messages_that_are_not_deploys_are_refused_cleanly_and_the_host_
     let v2_bytes = new_version();
     let v2 = version_of(&v2_bytes);
     assert_success(&deploy(&config, &v2_bytes, setup.config_dir.dir.path()));
-    wait_for_log(&host, &format!("swapped transform {v1} -> {v2}"), 1).await;
+    host.wait_for_log(&format!("swapped transform {v1} -> {v2}"), 1).await;
     assert_eq!(version_serving(&setup, 20).await, v2);
 }
 
@@ -307,15 +298,15 @@ async fn a_signed_deploy_swaps_hosts_with_the_key_and_rollback_republishes_only_
     let v2_bytes = new_version();
     let v2 = version_of(&v2_bytes);
     assert_success(&deploy(&config_a, &v2_bytes, setup.config_dir.dir.path()));
-    wait_for_log(&host_a, &format!("swapped transform {v1} -> {v2}"), 1).await;
-    wait_for_log(&host_b, &format!("refused deploy of {v2}"), 1).await;
+    host_a.wait_for_log(&format!("swapped transform {v1} -> {v2}"), 1).await;
+    host_b.wait_for_log(&format!("refused deploy of {v2}"), 1).await;
     assert!(last_line(&host_b, "refused deploy of").contains("accepts no deploys"));
 
     // An intruder's v3 lands in the history too; hosts refuse it.
     let v3_bytes = new_version();
     let v3 = version_of(&v3_bytes);
     attack(&setup, &v3_bytes, headers(&[])).await;
-    wait_for_log(&host_a, &format!("refused deploy of {v3}"), 1).await;
+    host_a.wait_for_log(&format!("refused deploy of {v3}"), 1).await;
 
     // A host started now takes v2, the latest signed deploy, not v3.
     let late_dir = ConfigDir::new();
@@ -331,7 +322,7 @@ async fn a_signed_deploy_swaps_hosts_with_the_key_and_rollback_republishes_only_
     let said = String::from_utf8_lossy(&rolled_back.stdout);
     assert!(said.contains(&format!("back from {v2} to {v1}")), "{said}");
     for host in [&host_a, &host_c] {
-        wait_for_log(host, &format!("swapped transform {v2} -> {v1}"), 1).await;
+        host.wait_for_log(&format!("swapped transform {v2} -> {v1}"), 1).await;
     }
     assert!(!host_a.log().contains(&format!("-> {v3}")), "{}", host_a.log());
 }

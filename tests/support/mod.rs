@@ -554,6 +554,16 @@ impl Host {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the log holds `what` at least `count` times.
+    pub async fn wait_for_log(&self, what: &str, count: usize) {
+        eventually(
+            &format!("{count} log line(s) with {what:?}"),
+            Duration::from_secs(60),
+            async || (self.log().matches(what).count() >= count).then_some(()),
+        )
+        .await;
+    }
+
     /// The admin server's base URL (`http://127.0.0.1:PORT`), from the log
     /// line that announces it; waits for it.
     pub async fn admin_url(&self) -> String {
