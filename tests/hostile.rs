@@ -15,36 +15,25 @@ use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::{Value, json};
-use support::{AMQP_URL, Broker, ConfigDir, Host, HttpServer, Received, TEST_SECRETS, Taken, eventually};
+use support::one_route::OneRoute;
+use support::{HttpServer, Received, Taken, eventually};
 
 /// One route running a test guest against its own queue, exchange and HTTP
 /// server. Its calls go to `target.put` (`PUT things/{id}`, with a query
 /// parameter `q`, a header parameter `X-Tenant` and a JSON field `value`)
 /// or to `fixture.report`.
-struct Route {
-    broker: Broker,
-    server: HttpServer,
-    exchange: String,
-    queue: String,
-    host: Host,
-    _dir: ConfigDir,
+struct Route(OneRoute);
+
+impl std::ops::Deref for Route {
+    type Target = OneRoute;
+    fn deref(&self) -> &OneRoute {
+        &self.0
+    }
 }
 
-impl Route {
-    async fn start(guest: &str) -> Self {
-        let broker = Broker::connect().await;
-        let server = HttpServer::start().await;
-        let (exchange, queue) = (broker.exchange("hostile.in"), broker.queue("hostile"));
-        let control = broker.exchange("passerelle.control");
-        broker.also_delete_queue(&format!("{control}.history.hostile"));
-        let dir = ConfigDir::new();
-        let yaml = format!(
-            r#"
-amqp:
-  url: {AMQP_URL}
-  control_exchange: {control}
-endpoints:
-  target:
+fn endpoints(server: &HttpServer) -> String {
+    format!(
+        r#"  target:
     base_url: {target}
     timeout: 2s
     operations:
@@ -70,36 +59,23 @@ endpoints:
           monotonic_clock: {{ location: json }}
           random: {{ location: json }}
           socket: {{ location: json }}
-routes:
-  hostile:
-    queue: {queue}
-    bindings: [{{ exchange: {exchange} }}]
-    transform: {wasm}
-    endpoints: [target, fixture]
-    concurrency: 4
-    retry: {{ immediate: 0, backoff: 10ms, delays: [] }}
-    # Room for 100,000 actions on a loaded machine; the bounds tested here are others.
-    limits: {{ time: 2s }}
 "#,
-            target = server.url("target/"),
-            fixture = server.url("fixture/"),
-            wasm = support::fixture(guest).display(),
-        );
-        let config = dir.write("passerelle.yaml", &yaml);
-        let host = Host::start_with_env(&config, TEST_SECRETS);
-        broker.wait_for_consumers(&queue, 1).await;
-        Self {
-            broker,
-            server,
-            exchange,
-            queue,
-            host,
-            _dir: dir,
-        }
-    }
+        target = server.url("target/"),
+        fixture = server.url("fixture/"),
+    )
+}
 
-    async fn publish(&self, id: &str, body: &[u8]) {
-        self.broker.publish(&self.exchange, "any", body, Some(id)).await;
+const ROUTE: &str = r#"    endpoints: [target, fixture]
+    concurrency: 4
+    retry: { immediate: 0, backoff: 10ms, delays: [] }
+    # Room for 100,000 actions on a loaded machine; the bounds tested here are others.
+    limits: { time: 2s }
+"#;
+
+impl Route {
+    async fn start(guest: &str) -> Self {
+        let wasm = support::fixture(guest);
+        Self(OneRoute::start("hostile", &wasm, endpoints, ROUTE, Duration::from_secs(60)).await)
     }
 
     /// Publishes `{"do": "call", "args": args}`: one call to `target.put`.
@@ -110,7 +86,7 @@ routes:
 
     /// Every dead letter once `count` are there, by message id.
     async fn dead_letters(&self, count: usize) -> BTreeMap<String, Taken> {
-        let dead = format!("{}.dead", self.queue);
+        let dead = self.dead_letter_queue();
         let mut letters = BTreeMap::new();
         eventually(
             &format!("{count} dead letter(s)"),

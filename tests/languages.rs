@@ -11,7 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{AMQP_URL, Broker, CRM_ACCOUNT, ConfigDir, Host, HttpServer, TEST_SECRETS, eventually};
+use support::one_route::OneRoute;
+use support::{CRM_ACCOUNT, HttpServer, eventually};
 
 /// The seed example and its reject cases, by message id.
 const CASES: [(&str, &str); 4] = [
@@ -29,30 +30,18 @@ const CASES: [(&str, &str); 4] = [
 
 /// One route running `component` against its own queue, exchange and HTTP
 /// server, with the `fixture` endpoint the test guests call and the shop.
-struct Route {
-    broker: Broker,
-    server: HttpServer,
-    exchange: String,
-    queue: String,
-    host: Host,
-    _dir: ConfigDir,
+struct Route(OneRoute);
+
+impl std::ops::Deref for Route {
+    type Target = OneRoute;
+    fn deref(&self) -> &OneRoute {
+        &self.0
+    }
 }
 
-impl Route {
-    async fn start(component: &Path) -> Self {
-        let broker = Broker::connect().await;
-        let server = HttpServer::start().await;
-        let (exchange, queue) = (broker.exchange("languages.in"), broker.queue("languages"));
-        let control = broker.exchange("passerelle.control");
-        broker.also_delete_queue(&format!("{control}.history.guest"));
-        let dir = ConfigDir::new();
-        let yaml = format!(
-            r#"
-amqp:
-  url: {AMQP_URL}
-  control_exchange: {control}
-endpoints:
-{shop}
+fn endpoints(server: &HttpServer) -> String {
+    format!(
+        r#"{shop}
   fixture:
     base_url: {fixture}
     operations:
@@ -66,46 +55,31 @@ endpoints:
           socket: {{ location: json }}
           clock: {{ location: json }}
           random: {{ location: json }}
-routes:
-  guest:
-    queue: {queue}
-    bindings: [{{ exchange: {exchange} }}]
-    transform: {wasm}
-    endpoints: [shop, fixture]
-    concurrency: 4
-    retry: {{ immediate: 0, backoff: 10ms, delays: [] }}
 "#,
-            shop = support::shop_endpoint(&server, ""),
-            fixture = server.url("fixture/"),
-            wasm = component.display(),
-        );
-        let config = dir.write("passerelle.yaml", &yaml);
-        let host = Host::start_with_env(&config, TEST_SECRETS);
+        shop = support::shop_endpoint(server, ""),
+        fixture = server.url("fixture/"),
+    )
+}
+
+const ROUTE: &str = r#"    endpoints: [shop, fixture]
+    concurrency: 4
+    retry: { immediate: 0, backoff: 10ms, delays: [] }
+"#;
+
+impl Route {
+    async fn start(component: &Path) -> Self {
         // A JavaScript or Python component takes seconds to compile the
         // first time (then it comes from the compile cache).
-        eventually("the host consuming", Duration::from_secs(180), async || {
-            (broker.consumers(&queue).await >= 1).then_some(())
-        })
-        .await;
-        Self {
-            broker,
-            server,
-            exchange,
-            queue,
-            host,
-            _dir: dir,
-        }
+        Self(OneRoute::start("guest", component, endpoints, ROUTE, Duration::from_secs(180)).await)
     }
 
     async fn publish(&self, id: &str, body: &str) {
-        self.broker
-            .publish(&self.exchange, "any", body.as_bytes(), Some(id))
-            .await;
+        self.0.publish(id, body.as_bytes()).await;
     }
 
     /// Every dead letter once `count` are there: message id -> reason.
     async fn dead_letters(&self, count: u32) -> Vec<(String, String)> {
-        let dead = format!("{}.dead", self.queue);
+        let dead = self.dead_letter_queue();
         eventually(
             &format!("{count} dead letter(s)"),
             Duration::from_secs(60),

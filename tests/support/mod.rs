@@ -7,6 +7,7 @@
 pub mod broker_node;
 pub mod browser;
 pub mod ledger;
+pub mod one_route;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
