@@ -82,8 +82,14 @@ pub struct Amqp {
     /// One broker. Validation moves it into `urls`: write one or the other.
     #[serde(default)]
     url: Option<Secret>,
-    /// The nodes of a cluster, tried in order on connect and after a loss.
-    #[serde(default)]
+    /// The nodes of a cluster as written (`urls`); validation moves them
+    /// into `urls`. Kept apart so that an empty list and no list at all
+    /// get their own errors.
+    #[serde(default, rename = "urls")]
+    listed: Option<Vec<Secret>>,
+    /// The nodes of a cluster, tried in order on connect and after a loss
+    /// (the one `url` when that is what the file says).
+    #[serde(skip)]
     pub urls: Vec<Secret>,
     /// How long a shutdown waits for messages in flight.
     #[serde(default = "defaults::shutdown_grace", with = "duration")]
@@ -492,9 +498,11 @@ impl Config {
         let mut substituted = env::Substitutions::default();
         // Values from the environment may be secrets: errors show the
         // `${NAME}` they came from instead.
+        // A key that prints as nothing (a mapping key spelled "" at the
+        // top) would leave the error unplaced: it is about the whole file.
         let error = |substituted: &env::Substitutions, key: String, problem: String| ConfigError {
             file: file.to_string(),
-            key,
+            key: if key.is_empty() { TOP_LEVEL.to_string() } else { key },
             problem: substituted.hide_in(&problem),
         };
         let mut tree: serde_json::Value = serde_saphyr::from_str(text)
@@ -926,6 +934,18 @@ ingest:
     fn the_base_file_is_valid() {
         let config = parse(VALID).unwrap();
         assert!(config.ingest.is_some() && config.admin.is_some());
+    }
+
+    /// Fuzz findings in CI, after `amqp.urls` came: a file with no broker
+    /// named no key the user wrote, and a top-level key spelled `""` left
+    /// the error's key empty.
+    #[test]
+    fn errors_name_a_place_even_without_a_broker_or_with_an_empty_key() {
+        let no_broker = VALID.replace(r#"url: "amqp://guest:guest@127.0.0.1:5672/%2f", "#, "");
+        assert_eq!(parse(&no_broker).unwrap_err().key, "amqp.url");
+        for text in ["\"\": #", "\"\": ~${"] {
+            assert_eq!(parse(text).unwrap_err().key, TOP_LEVEL, "{text}");
+        }
     }
 
     /// Fuzz findings (`every_edge_value_in_every_place_is_taken_bounded_or_refused_there`,

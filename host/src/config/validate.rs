@@ -47,25 +47,32 @@ pub(super) fn secret_from_env(key: &str, variable: &str) -> Result<Secret, Probl
 /// Exactly one of `amqp.url` and `amqp.urls`; after this, `urls` holds
 /// the addresses either way.
 fn check_amqp_urls(amqp: &mut Amqp) -> Result<(), Problem> {
-    match (amqp.url.take(), amqp.urls.is_empty()) {
-        (Some(url), true) => {
+    let listed = amqp.listed.take();
+    let listed_empty = listed.as_ref().is_some_and(Vec::is_empty);
+    let listed = listed.filter(|urls| !urls.is_empty());
+    match (amqp.url.take(), listed) {
+        (Some(url), None) => {
             check_amqp_url("amqp.url".into(), url.expose())?;
             amqp.urls = vec![url];
         }
-        (None, false) => {
-            for (n, url) in amqp.urls.iter().enumerate() {
+        (None, Some(urls)) => {
+            for (n, url) in urls.iter().enumerate() {
                 check_amqp_url(format!("amqp.urls[{n}]"), url.expose())?;
             }
+            amqp.urls = urls;
         }
-        (Some(_), false) => {
+        (Some(_), Some(_)) => {
             return Err((
                 "amqp".into(),
                 "both url and urls are set: write one or the other".into(),
             ));
         }
-        (None, true) => {
+        (None, None) => {
             let problem = "no broker: set url (one broker) or urls (the nodes of a cluster)";
-            return Err(("amqp".into(), problem.into()));
+            // An empty list is a problem of the section; nothing at all,
+            // a missing url (what most files have).
+            let key = if listed_empty { "amqp" } else { "amqp.url" };
+            return Err((key.into(), problem.into()));
         }
     }
     Ok(())
