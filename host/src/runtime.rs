@@ -29,6 +29,9 @@ pub use guest::GuestLimits;
 
 /// How often the epoch advances: the granularity of time limits.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Set (to anything) to have compiled guest code listed in
+/// `/tmp/perf-<pid>.map`, so that `perf report` names the guests' functions.
+pub const GUEST_PERFMAP_ENV: &str = "PASSERELLE_GUEST_PERFMAP";
 /// Wall time a call may take beyond its limit before it counts as stuck.
 const PARKED_GRACE: Duration = Duration::from_secs(1);
 
@@ -199,6 +202,10 @@ impl Runtime {
     /// Builds the engine and starts the epoch ticker that enforces time limits.
     fn with_config(mut config: Config, slots: Option<Arc<Semaphore>>) -> anyhow::Result<Self> {
         config.epoch_interruption(true);
+        if std::env::var_os(GUEST_PERFMAP_ENV).is_some() {
+            // perf (and the benchmarks' profiles) can name the guests' frames.
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| anyhow!("creating the WebAssembly engine: {e:#}"))?;
         spawn_epoch_ticker(&engine);
 
