@@ -263,6 +263,7 @@ const PYTHON_TEMPLATES: Embedded = &[
 /// see [`standalone_sdk_manifest`].
 const RUST_SDK: Embedded = &[
     ("src/lib.rs", include_str!("../../guests/rust/src/lib.rs")),
+    ("src/arena.rs", include_str!("../../guests/rust/src/arena.rs")),
     ("src/table.rs", include_str!("../../guests/rust/src/table.rs")),
     ("README.md", include_str!("../../guests/rust/README.md")),
 ];

@@ -48,9 +48,15 @@
 //! dead-lettered with the reason), `Err(retry(..))` for a temporary problem,
 //! and `Ok(vec![])` when there is nothing to do.
 
+pub mod arena;
 mod table;
 
 pub use table::CodeTable;
+
+/// Every Rust transform allocates from a per-message arena (see [`arena`]).
+#[cfg(all(target_family = "wasm", feature = "arena"))]
+#[global_allocator]
+static ALLOCATOR: arena::Arena<{ arena::ARENA_BYTES }> = arena::Arena::new();
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
