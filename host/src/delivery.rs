@@ -30,6 +30,27 @@ pub const VERSION_HEADER: &str = "X-Passerelle-Transform-Version";
 /// W3C trace context: the call's span, in the message's trace.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
+/// The headers above as `HeaderName`s made once: a `&str` name is parsed
+/// again for every request.
+mod header_name {
+    use reqwest::header::HeaderName;
+
+    pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+    pub const VERSION: HeaderName = HeaderName::from_static("x-passerelle-transform-version");
+    pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+    #[test]
+    fn each_spells_its_header() {
+        for (name, spelled) in [
+            (IDEMPOTENCY_KEY, super::IDEMPOTENCY_KEY),
+            (VERSION, super::VERSION_HEADER),
+            (TRACEPARENT, super::TRACEPARENT_HEADER),
+        ] {
+            assert_eq!(name, HeaderName::from_bytes(spelled.as_bytes()).unwrap());
+        }
+    }
+}
+
 /// Why a call did not succeed, and whether trying again may help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
@@ -201,9 +222,9 @@ impl Http {
             .client
             .request(request.method.clone(), request.url.clone())
             .timeout(target.config.timeout)
-            .header(IDEMPOTENCY_KEY, &context.idempotency_key)
-            .header(VERSION_HEADER, context.version.as_str())
-            .header(TRACEPARENT_HEADER, &context.traceparent);
+            .header(header_name::IDEMPOTENCY_KEY, &context.idempotency_key)
+            .header(header_name::VERSION, context.version.as_str())
+            .header(header_name::TRACEPARENT, &context.traceparent);
         for (header, value) in &request.headers {
             builder = builder.header(header, value);
         }
