@@ -32,9 +32,10 @@ struct State {
     next_ticket: u64,
 }
 
-/// Leave to send one request; gives its in-flight slot back when dropped.
+/// Leave to send one request; gives its in-flight slot back when dropped
+/// (none is taken from an endpoint without limits).
 pub struct Slot<'a> {
-    limiter: &'a Limiter,
+    limiter: Option<&'a Limiter>,
 }
 
 /// A waiter's place in line, given up when it leaves, also when its
@@ -63,6 +64,11 @@ impl Limiter {
     /// Waits for a token and an in-flight slot, behind every waiter of
     /// higher priority and those of its own that came first.
     pub async fn acquire(&self, priority: Priority) -> Slot<'_> {
+        // Without a rate or a cap nobody ever waits, so there is no line to
+        // keep: no lock, no ticket (this is every request's path).
+        if self.pace.per_second.is_none() && self.pace.max_in_flight.is_none() {
+            return Slot { limiter: None };
+        }
         let waiting = Waiting::register(self, priority);
         loop {
             let notified = self.changed.notified();
@@ -70,7 +76,7 @@ impl Limiter {
                 Ok(()) => {
                     // Lower priorities may now go, and others may retry.
                     self.changed.notify_waiters();
-                    return Slot { limiter: self };
+                    return Slot { limiter: Some(self) };
                 }
                 Err(Some(until)) => {
                     tokio::select! {
@@ -119,8 +125,10 @@ impl Limiter {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.limiter.lock().in_flight -= 1;
-        self.limiter.changed.notify_waiters();
+        if let Some(limiter) = self.limiter {
+            limiter.lock().in_flight -= 1;
+            limiter.changed.notify_waiters();
+        }
     }
 }
 
@@ -267,5 +275,13 @@ mod tests {
         let limiter = Limiter::new(pace(None, 1, None));
         let times = grant_times(&limiter, 100).await;
         assert!(times.iter().all(|t| *t == Duration::ZERO));
+        // Held at once, of any priority: still none waits.
+        let start = Instant::now();
+        let mut held = Vec::new();
+        for priority in [Priority::Low, Priority::Normal, Priority::High].repeat(100) {
+            held.push(limiter.acquire(priority).await);
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(limiter.lock().in_flight, 0, "an unlimited endpoint keeps no count");
     }
 }
