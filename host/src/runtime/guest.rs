@@ -60,9 +60,12 @@ impl Default for GuestLimits {
 }
 
 pub struct GuestState {
-    wasi: WasiCtx,
+    /// Made on the guest's first WASI call, if it makes one: most
+    /// transforms make none per message (the shipped Rust ones do not),
+    /// and making it (its random generators, boxed streams, the stderr
+    /// pipe) was a few percent of a message's cost.
+    wasi: Option<LockedDownWasi>,
     table: ResourceTable,
-    stderr: MemoryOutputPipe,
     pub memory: MemoryCap,
     route: String,
     version: String,
@@ -74,18 +77,9 @@ pub struct GuestState {
 
 impl GuestState {
     pub fn new(route: &RouteContext, version: &Version) -> Self {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        // Nothing is granted: no preopens, no env, no args, no sockets, no
-        // stdin, and a stopped clock.
-        let wasi = WasiCtxBuilder::new()
-            .stderr(stderr.clone())
-            .wall_clock(StoppedClock)
-            .monotonic_clock(StoppedClock)
-            .build();
         Self {
-            wasi,
+            wasi: None,
             table: ResourceTable::new(),
-            stderr,
             memory: MemoryCap::new(route.limits.memory),
             route: route.route.clone(),
             version: version.to_string(),
@@ -103,7 +97,7 @@ impl GuestState {
         if let Some(line) = &self.last_error_log {
             return Some(line.clone());
         }
-        let bytes = self.stderr.contents();
+        let bytes = self.wasi.as_ref()?.stderr.contents();
         let text = String::from_utf8_lossy(&bytes);
         let text = text.trim();
         (!text.is_empty()).then(|| cut(text, self.log_line).into_owned())
@@ -113,9 +107,28 @@ impl GuestState {
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: &mut self.wasi.get_or_insert_with(LockedDownWasi::new).ctx,
             table: &mut self.table,
         }
+    }
+}
+
+/// The WASI a guest gets: nothing granted (no preopens, env, args, sockets
+/// or stdin), a stopped clock, and stderr into a small buffer.
+struct LockedDownWasi {
+    ctx: WasiCtx,
+    stderr: MemoryOutputPipe,
+}
+
+impl LockedDownWasi {
+    fn new() -> Self {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let ctx = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .wall_clock(StoppedClock)
+            .monotonic_clock(StoppedClock)
+            .build();
+        Self { ctx, stderr }
     }
 }
 
@@ -233,6 +246,17 @@ mod tests {
         }
         state.log(host::Level::Error, "ValueError: boom".into()).unwrap();
         assert_eq!(state.last_words().as_deref(), Some("ValueError: boom"));
+    }
+
+    #[test]
+    fn wasi_is_made_on_the_first_call_and_its_stderr_gives_last_words() {
+        let mut state = GuestState::new(&RouteContext::default(), &Version::of(b"guest"));
+        assert!(state.wasi.is_none(), "made before any WASI call");
+        assert_eq!(state.last_words(), None);
+        let _ = state.ctx();
+        let mut stderr = state.wasi.as_ref().expect("made by the call").stderr.clone();
+        wasmtime_wasi::p2::OutputStream::write(&mut stderr, "thread panicked at src/lib.rs".into()).unwrap();
+        assert_eq!(state.last_words().as_deref(), Some("thread panicked at src/lib.rs"));
     }
 
     #[test]
