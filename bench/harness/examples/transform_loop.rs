@@ -16,6 +16,11 @@ use std::sync::Arc;
 use anyhow::{Context as _, ensure};
 use passerelle::runtime::{GuestLimits, Message, PoolSize, RouteContext, Runtime};
 
+/// The allocator of the `passerelle` binary, so that the loop costs what
+/// `passerelle run` pays.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [component, runs] = args.as_slice() else {

@@ -34,6 +34,11 @@ use contestants::{Arena, Contestant, Sample};
 use report::Report;
 use server::Server;
 
+/// The allocator of the `passerelle` binary: the transform's cost measured
+/// here in process (`transform.rs`) is then what `passerelle run` pays.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// What to run, from the command line.
 struct Settings {
     messages: usize,
