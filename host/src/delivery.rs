@@ -23,6 +23,18 @@ use breaker::{Breaker, Outcome};
 use limiter::Limiter;
 pub use request::{Request, UNRESERVED, build_request};
 
+/// `endpoint.operation`, as errors name a call: written only when one is.
+struct CallName<'a> {
+    endpoint: &'a str,
+    operation: &'a str,
+}
+
+impl std::fmt::Display for CallName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.endpoint, self.operation)
+    }
+}
+
 /// Header carrying the key that makes a retried call safe to repeat.
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 /// Header carrying the version of the transform that produced the call.
@@ -161,7 +173,7 @@ impl Http {
             .operations
             .get(operation)
             .ok_or_else(|| DeliveryError::permanent(format!("unknown operation {endpoint}.{operation}")))?;
-        let name = format!("{endpoint}.{operation}");
+        let name = CallName { endpoint, operation };
         let request = build_request(&target.base_url, declared, args)
             .map_err(|problem| DeliveryError::permanent(format!("call to {name}: {problem}")))?;
 
@@ -199,7 +211,7 @@ impl Http {
         target: &EndpointClient,
         request: &Request,
         context: &CallContext<'_>,
-        name: &str,
+        name: &CallName<'_>,
     ) -> Result<u16, DeliveryError> {
         let response = self.send(target, request, context, name).await?;
         if response.status() == StatusCode::UNAUTHORIZED && target.auth.can_refresh() {
@@ -216,7 +228,7 @@ impl Http {
         target: &EndpointClient,
         request: &Request,
         context: &CallContext<'_>,
-        name: &str,
+        name: &CallName<'_>,
     ) -> Result<reqwest::Response, DeliveryError> {
         let mut builder = self
             .client
@@ -245,7 +257,11 @@ impl Http {
 
 /// 2xx succeeds; 408, 429 and 5xx are worth retrying; other answers are
 /// permanent for this message.
-async fn classify(response: reqwest::Response, name: &str, auth: &Authenticator) -> Result<u16, DeliveryError> {
+async fn classify(
+    response: reqwest::Response,
+    name: &CallName<'_>,
+    auth: &Authenticator,
+) -> Result<u16, DeliveryError> {
     let status = response.status();
     if status.is_success() {
         return Ok(status.as_u16());
