@@ -183,8 +183,16 @@ impl Pipeline {
     /// Drops the message when the route's memory says it is stale or an
     /// echo; else tries it (transform and actions), retrying temporary
     /// failures in process with exponential backoff and full jitter, and
-    /// says what should become of it. `trace` is the message's span.
-    pub async fn process(&self, message: &Message, trace: &TraceContext, publisher: &Publisher) -> Outcome {
+    /// says what should become of it. `trace` is the message's span;
+    /// `span_version` the transform version its log span was opened with
+    /// (recorded again only if an attempt runs another).
+    pub async fn process(
+        &self,
+        message: &Message,
+        trace: &TraceContext,
+        publisher: &Publisher,
+        span_version: &Version,
+    ) -> Outcome {
         self.stats.received(self.name());
         if let Some(failure) = self.too_large(message) {
             return Outcome::DeadLetter(failure);
@@ -202,15 +210,25 @@ impl Pipeline {
             tracing::info!("dropped ({}): {detail}", reason.label());
             return Outcome::Dropped(reason);
         }
-        self.deliver(message, &keys, trace, publisher).await
+        self.deliver(message, &keys, trace, publisher, span_version).await
     }
 
-    async fn deliver(&self, message: &Message, keys: &Keys, trace: &TraceContext, publisher: &Publisher) -> Outcome {
+    async fn deliver(
+        &self,
+        message: &Message,
+        keys: &Keys,
+        trace: &TraceContext,
+        publisher: &Publisher,
+        span_version: &Version,
+    ) -> Outcome {
         let retry = &self.route.route.retry;
         let mut retries = 0;
         loop {
             let transform = self.route.slot.current();
-            tracing::Span::current().record("version", transform.version.as_str());
+            if transform.version != *span_version {
+                // Swapped since the span was opened: its lines name the version that ran.
+                tracing::Span::current().record("version", transform.version.as_str());
+            }
             let first_try = retries == 0;
             let failure = match self.try_once(&transform, message, trace, publisher, first_try).await {
                 Ok(actions) => {

@@ -92,16 +92,19 @@ pub async fn consume(
 /// names the route, the message, its attempt and the transform version.
 async fn handle(pipeline: &Pipeline, delivery: Delivery, publisher: &Publisher) {
     let message = message_of(&delivery);
+    // The version that will most likely run, named when the span opens:
+    // recording it later would format the span's fields a second time.
+    let transform = pipeline.route.slot.current();
     let span = tracing::info_span!(
         "message",
         route = %pipeline.name(),
         message_id = message.message_id.as_deref().unwrap_or("-"),
-        version = tracing::field::Empty,
         attempt = message.attempt,
+        version = transform.version.as_str(),
     );
     async {
         let trace = TraceContext::for_message(&message.headers);
-        let outcome = pipeline.process(&message, &trace, publisher).await;
+        let outcome = pipeline.process(&message, &trace, publisher, &transform.version).await;
         settle(pipeline, &delivery, &message, &trace, outcome, publisher).await;
     }
     .instrument(span)
