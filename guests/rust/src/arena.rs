@@ -45,7 +45,8 @@ pub struct Arena<const N: usize> {
 const ARENA_ALIGN: usize = 16;
 
 // SAFETY: a component instance runs on one thread (wasm32-wasip2 has no
-// threads), and the arena is only installed there; tests use their own.
+// threads), and the arena is installed only on WebAssembly without atomics
+// (lib.rs); tests use their own.
 unsafe impl<const N: usize> Sync for Arena<N> {}
 
 impl<const N: usize> Arena<N> {

@@ -54,7 +54,8 @@ mod table;
 pub use table::CodeTable;
 
 /// Every Rust transform allocates from a per-message arena (see [`arena`]).
-#[cfg(all(target_family = "wasm", feature = "arena"))]
+/// Not on a WebAssembly target with threads: the arena is not thread-safe.
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics"), feature = "arena"))]
 #[global_allocator]
 static ALLOCATOR: arena::Arena<{ arena::ARENA_BYTES }> = arena::Arena::new();
 
