@@ -100,6 +100,9 @@ async fn a_live_change_overtakes_a_saturated_low_priority_import() {
         "  import:\n    queue: {import_queue}\n    transform: crm-to-shop.wasm\n    endpoints: [shop]\n    concurrency: 64\n    priority: low\n"
     );
     std::fs::write(&config, format!("{yaml}{import_route}")).unwrap();
+    // The route's fleet history queue, which the host declares, goes too.
+    let control = &setup.control_exchange;
+    setup.broker.also_delete_queue(&format!("{control}.history.import"));
     let _host = setup.start_host(&config).await;
     setup.broker.wait_for_consumers(&import_queue, 1).await;
 
