@@ -392,6 +392,27 @@ async fn a_guest_that_overflows_its_stack_is_dead_lettered() {
     route.serves_the_next_message().await;
 }
 
+/// A guest's first WASI call makes its WASI context (runtime/guest.rs):
+/// what it wrote to stderr before trapping is still its last words.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_guest_wrote_to_stderr_before_a_trap_is_in_the_reason() {
+    let route = Route::start("hostile").await;
+    route
+        .publish(
+            "stderr",
+            br#"{"do": "stderr-then-trap", "text": "gave up on account gg-11"}"#,
+        )
+        .await;
+
+    let letters = route.dead_letters(1).await;
+    assert_reason(
+        &letters,
+        "stderr",
+        "the transform failed: crashed (wasm trap: wasm `unreachable` instruction executed): gave up on account gg-11",
+    );
+    route.serves_the_next_message().await;
+}
+
 /// What the Rust sandbox guest found when it reached for the machine.
 async fn probe(route: &Route, nth: usize) -> serde_json::Map<String, Value> {
     route.publish(&format!("probe-{nth}"), b"{}").await;

@@ -29,6 +29,8 @@ enum Order {
     LongRoutingKey { bytes: usize },
     /// Recursion without end: the stack overflows.
     Recurse,
+    /// Writes `text` to stderr (WASI), then traps without a log line.
+    StderrThenTrap { text: String },
 }
 
 fn turn(msg: Message) -> Result<Vec<Action>, Failure> {
@@ -51,6 +53,10 @@ fn turn(msg: Message) -> Result<Vec<Action>, Failure> {
         }
         Order::LongRoutingKey { bytes } => Ok(vec![publish("amq.topic", &"k".repeat(bytes), "{}", &[])]),
         Order::Recurse => Ok(vec![put(&json!({ "id": deeper(0) }))?]),
+        Order::StderrThenTrap { text } => {
+            eprintln!("{text}");
+            core::arch::wasm32::unreachable()
+        }
     }
 }
 
