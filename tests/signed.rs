@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use passerelle::reload::signature::DeploySigner;
 use support::{ConfigDir, Deployment, Host, eventually, fleet_signer, new_version, operator_command};
@@ -55,18 +54,8 @@ fn text(value: &str) -> AMQPValue {
 async fn publish_control(setup: &Deployment, routing_key: &str, body: &[u8], properties: BasicProperties) {
     setup
         .broker
-        .channel
-        .basic_publish(
-            setup.control_exchange.as_str().into(),
-            routing_key.into(),
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        .publish_with_properties(&setup.control_exchange, routing_key, body, properties)
+        .await;
 }
 
 async fn attack(setup: &Deployment, body: &[u8], table: FieldTable) {

@@ -187,6 +187,18 @@ impl Broker {
         if let Some(id) = message_id {
             properties = properties.with_message_id(id.into());
         }
+        self.publish_with_properties(exchange, routing_key, body, properties)
+            .await;
+    }
+
+    /// Publishes with these properties as they are, and waits for the confirm.
+    pub async fn publish_with_properties(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
         self.channel
             .basic_publish(
                 exchange.into(),
