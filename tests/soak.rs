@@ -25,8 +25,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 use support::broker_node::{BrokerNode, Cluster};
@@ -495,14 +494,7 @@ async fn any_channel(urls: &[String]) -> Option<(Connection, Channel)> {
 
 async fn passive(urls: &[String], queue: &str) -> Option<lapin::Queue> {
     let (connection, channel) = any_channel(urls).await?;
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let found = channel
-        .queue_declare(queue.into(), options, FieldTable::default())
-        .await
-        .ok();
+    let found = support::declare_passive(&channel, queue).await;
     let _ = connection.close(200, "".into()).await;
     found
 }

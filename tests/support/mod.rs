@@ -259,14 +259,7 @@ impl Broker {
         // A passive declare of a missing queue closes the channel: use a
         // throwaway one.
         let channel = self.connection.create_channel().await.unwrap();
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let queue = channel
-            .queue_declare(queue.into(), options, FieldTable::default())
-            .await
-            .ok();
+        let queue = declare_passive(&channel, queue).await;
         let _ = channel.close(200, "".into()).await;
         queue
     }
@@ -985,4 +978,16 @@ pub async fn wait_for_metric(admin: &str, series: &str, value: f64) {
         async || (metric(admin, series).await >= value).then_some(()),
     )
     .await;
+}
+
+/// The queue's counts, or None when it does not exist (which closes `channel`).
+pub async fn declare_passive(channel: &lapin::Channel, queue: &str) -> Option<lapin::Queue> {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .ok()
 }
