@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     let bytes = std::fs::read(component).with_context(|| component.clone())?;
     let limits = GuestLimits::default();
     let runtime = Runtime::pooled(PoolSize {
-        instances: std::env::var("POOL").ok().and_then(|n| n.parse().ok()).unwrap_or(4),
+        instances: 4,
         max_memory: limits.memory,
     })?;
     let transform = runtime.load(&bytes)?;
