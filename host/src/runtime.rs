@@ -202,11 +202,19 @@ impl Runtime {
     /// Builds the engine and starts the epoch ticker that enforces time limits.
     fn with_config(mut config: Config, slots: Option<Arc<Semaphore>>) -> anyhow::Result<Self> {
         config.epoch_interruption(true);
-        if std::env::var_os(GUEST_PERFMAP_ENV).is_some() {
+        let perfmap = std::env::var_os(GUEST_PERFMAP_ENV).is_some();
+        if perfmap {
             // perf (and the benchmarks' profiles) can name the guests' frames.
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
-        let engine = Engine::new(&config).map_err(|e| anyhow!("creating the WebAssembly engine: {e:#}"))?;
+        let engine = Engine::new(&config).map_err(|e| {
+            let with = if perfmap {
+                format!(" with {GUEST_PERFMAP_ENV} set (it writes /tmp/perf-<pid>.map)")
+            } else {
+                String::new()
+            };
+            anyhow!("creating the WebAssembly engine{with}: {e:#}")
+        })?;
         spawn_epoch_ticker(&engine);
 
         let mut linker = Linker::new(&engine);
