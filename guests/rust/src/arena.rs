@@ -2,7 +2,7 @@
 //!
 //! The host runs every message in a fresh instance and throws it away
 //! afterwards, so a transform never needs memory back for a later message.
-//! A general allocator (wasi-libc's dlmalloc) pays for reuse that never
+//! A general allocator (dlmalloc, wasi-libc's or std's) pays for reuse that never
 //! comes: it sets itself up in every instance, grows the memory, and keeps
 //! free lists. In the shipped crm-to-shop mapping that was about a third
 //! of the guest's own instructions (docs/benchmarks.md). Here an
@@ -44,8 +44,8 @@ pub struct Arena<const N: usize> {
 /// The arena's own alignment (`repr(align)` above).
 const ARENA_ALIGN: usize = 16;
 
-// SAFETY: a component instance runs on one thread (wasm32-wasip2 has no
-// threads), and the arena is installed only on WebAssembly without atomics
+// SAFETY: a component instance runs on one thread (wasm32-unknown-unknown
+// and wasm32-wasip2 have no threads), and the arena is installed only on WebAssembly without atomics
 // (lib.rs); tests use their own.
 unsafe impl<const N: usize> Sync for Arena<N> {}
 

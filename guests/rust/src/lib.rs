@@ -43,7 +43,8 @@
 //! transform!(map);
 //! ```
 //!
-//! Build it as a `cdylib` for `wasm32-wasip2` (see the crate's README). Return
+//! Build it as a `cdylib` for `wasm32-unknown-unknown` (no WASI, the cheapest
+//! to instantiate) or `wasm32-wasip2` (see the crate's README). Return
 //! `Err(reject(..))` for a message that can never succeed as it is (it is
 //! dead-lettered with the reason), `Err(retry(..))` for a temporary problem,
 //! and `Ok(vec![])` when there is nothing to do.
