@@ -2,7 +2,8 @@
 //! line on stderr is a JSON object, and the lines about a message carry
 //! its route, id, transform version and attempt; with `logging.gelf` the
 //! same records reach a local Graylog stand-in (a UDP socket, a TCP
-//! listener) as GELF 1.1.
+//! listener) as GELF 1.1. The human format, in a file, is plain text with
+//! the same fields.
 
 mod support;
 
@@ -118,4 +119,33 @@ async fn gelf_over_tcp_is_framed_by_nul_bytes() {
     };
     assert_eq!(record["version"], "1.1");
     assert_about_message(&record, "_", "msg-1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn human_lines_in_a_file_are_plain_text_naming_the_message() {
+    let setup = Deployment::new().await;
+    let host = Host::start_with_env(&setup.config("", ""), TEST_SECRETS);
+    setup.broker.wait_for_consumers(&setup.crm_queue, 1).await;
+    setup.publish_accounts(0..1).await;
+    setup.server.wait_for_calls(1, Duration::from_secs(30)).await;
+    let line = eventually("the delivery's log line", Duration::from_secs(30), async || {
+        host.log()
+            .lines()
+            .find(|line| line.contains("delivered"))
+            .map(str::to_owned)
+    })
+    .await;
+
+    // stderr is a file here, not a terminal: no colour codes, so a search
+    // for `route=crm-to-shop` in a log file finds the line.
+    assert!(!host.log().contains('\u{1b}'), "escape codes in:\n{}", host.log());
+    let version = version_of_shipped();
+    for field in [
+        "route=crm-to-shop".to_string(),
+        r#"message_id="msg-0""#.to_string(),
+        "attempt=1".to_string(),
+        format!(r#"version="{version}""#),
+    ] {
+        assert!(line.contains(&field), "{field} not in {line:?}");
+    }
 }

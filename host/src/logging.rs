@@ -1,4 +1,5 @@
-//! How the process logs. Lines go to stderr, human-readable by default or
+//! How the process logs. Lines go to stderr, human-readable by default
+//! (coloured only at a terminal) or
 //! one JSON object per line (`--log-format json`); with `logging.gelf` in
 //! the configuration, every record also goes to Graylog as GELF 1.1, over
 //! UDP (chunked when large) or TCP (NUL-framed).
@@ -12,7 +13,7 @@
 //! thread of their own; when Graylog cannot keep up they are dropped and
 //! counted, never waited for.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::net::{TcpStream, ToSocketAddrs as _, UdpSocket};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -86,7 +87,12 @@ impl<'de> serde::Deserialize<'de> for GelfTarget {
 pub fn init(format: LogFormat, gelf: Option<&GelfTarget>) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let stderr = match format {
-        LogFormat::Human => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        // Colours only for a person at a terminal: in a file or a journal the
+        // escape codes are noise (and styling every field costs each message).
+        LogFormat::Human => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed(),
         LogFormat::Json => json_layer(std::io::stderr).boxed(),
     };
     let gelf = gelf.map(GelfLayer::start).transpose()?;
