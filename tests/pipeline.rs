@@ -92,6 +92,39 @@ async fn both_directions_reach_their_target_exactly_as_declared() {
     );
 }
 
+/// A token can be revoked before it expires: a 401 fetches a new token and
+/// sends the same request again, body included, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_token_is_replaced_and_the_same_request_sent_again() {
+    let setup = Setup::new().await;
+    let config = setup.config(QUICK_RETRY, "");
+    let _host = setup.start_host(&config).await;
+    setup.server.reply_next(Reply::status(401));
+    setup
+        .broker
+        .publish(
+            &setup.shop_exchange,
+            "business.updated",
+            SHOP_BUSINESS.as_bytes(),
+            Some("shop-msg-1"),
+        )
+        .await;
+
+    let calls = setup.server.wait_for_calls(2, Duration::from_secs(30)).await;
+    let tokens: Vec<_> = calls.iter().map(|call| call.header("authorization")).collect();
+    assert_eq!(tokens, [Some("Bearer token-1"), Some("Bearer token-2")]);
+    for call in &calls {
+        assert_eq!(call.uri, "/services/data/v60.0/sobjects/Account/gg-11");
+        assert_eq!(call.header("content-type"), Some("application/json"));
+        assert_eq!(
+            support::json(&call.body),
+            json!({"Name": "Eleven Labs", "Status__c": "CLIENT_ACTIVE", "Country__c": "FR"})
+        );
+    }
+    setup.wait_until_queue_is_empty(&setup.shop_queue).await;
+    assert_eq!(setup.server.calls().len(), 2, "sent again once, not retried further");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_messages_are_each_delivered_exactly_once() {
     let setup = Setup::new().await;

@@ -241,7 +241,9 @@ impl Http {
             builder = builder.header(header, value);
         }
         if let Some(body) = &request.json {
-            builder = builder.json(body);
+            builder = builder
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
         }
         builder = target.auth.apply(&self.client, builder).await?;
         builder.send().await.map_err(|e| {
