@@ -115,14 +115,19 @@ pub fn config(key: &str) -> Option<String> {
 /// `default` when the key is absent. A value that is not JSON or does not fit
 /// `T` is a [`Failure::Reject`] naming the key and the problem.
 pub fn config_json<T: DeserializeOwned>(key: &str, default: T) -> Result<T, Failure> {
-    parse_config(key, config(key).as_deref(), default)
+    parse_config(key, config(key).as_deref(), || default)
 }
 
-/// The pure part of [`config_json`], apart so that it can be tested natively.
-fn parse_config<T: DeserializeOwned>(key: &str, value: Option<&str>, default: T) -> Result<T, Failure> {
+/// The pure part of [`config_json`], apart so that it can be tested
+/// natively; the default is made only when the key is absent.
+fn parse_config<T: DeserializeOwned>(
+    key: &str,
+    value: Option<&str>,
+    default: impl FnOnce() -> T,
+) -> Result<T, Failure> {
     match value {
-        None => Ok(default),
-        Some(text) => decode_json(&format!("config `{key}`"), text.as_bytes()).map_err(reject),
+        None => Ok(default()),
+        Some(text) => decode_json_naming(|| format!("config `{key}`"), text.as_bytes()).map_err(reject),
     }
 }
 
@@ -164,6 +169,21 @@ pub fn publish(exchange: &str, routing_key: &str, body: impl Into<Vec<u8>>, head
 /// field path (when not the root) and the problem, e.g.
 /// ``body: Status__c: invalid type: integer `3`, expected a string``.
 pub fn decode_json<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, String> {
+    decode_json_naming(|| what.to_owned(), bytes)
+}
+
+/// [`decode_json`], with `what` written only for an error. A message runs
+/// in a fresh instance, so this is paid on every message: the plain decode
+/// goes first, and only one that fails pays for tracking the field path,
+/// by decoding again (the same bytes fail the same way).
+fn decode_json_naming<T: DeserializeOwned>(what: impl FnOnce() -> String, bytes: &[u8]) -> Result<T, String> {
+    match serde_json::from_slice(bytes) {
+        Ok(value) => Ok(value),
+        Err(_) => decode_json_tracking_the_path(&what(), bytes),
+    }
+}
+
+fn decode_json_tracking_the_path<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
@@ -338,20 +358,20 @@ mod tests {
     #[test]
     fn config_absent_is_the_default_present_is_decoded() {
         let default = BTreeMap::from([("FR".to_owned(), 76)]);
-        let table: BTreeMap<String, i64> = parse_config("ids", None, default.clone()).unwrap();
+        let table: BTreeMap<String, i64> = parse_config("ids", None, || default.clone()).unwrap();
         assert_eq!(table, default);
-        let table: BTreeMap<String, i64> = parse_config("ids", Some(r#"{"DE": 80}"#), default.clone()).unwrap();
+        let table: BTreeMap<String, i64> = parse_config("ids", Some(r#"{"DE": 80}"#), || default.clone()).unwrap();
         assert_eq!(table, BTreeMap::from([("DE".to_owned(), 80)]));
     }
 
     #[test]
     fn bad_config_is_a_reject_naming_the_key() {
-        let bad = parse_config::<BTreeMap<String, i64>>("ids", Some(r#"{"DE": "80"}"#), BTreeMap::new());
+        let bad = parse_config::<BTreeMap<String, i64>>("ids", Some(r#"{"DE": "80"}"#), BTreeMap::new);
         assert_eq!(
             bad.unwrap_err(),
             reject("config `ids`: DE: invalid type: string \"80\", expected i64")
         );
-        let bad = parse_config::<BTreeMap<String, i64>>("ids", Some("DE=80"), BTreeMap::new());
+        let bad = parse_config::<BTreeMap<String, i64>>("ids", Some("DE=80"), BTreeMap::new);
         assert_eq!(
             bad.unwrap_err(),
             reject("config `ids` is not JSON: expected value at line 1 column 1")

@@ -29,7 +29,7 @@ impl CodeTable {
 
     /// The pure part of [`CodeTable::from_config`].
     fn parse(key: &str, value: Option<&str>, default: &[(&str, i64)]) -> Result<Self, Failure> {
-        let default = default.iter().map(|&(n, c)| (n.to_owned(), c)).collect();
+        let default = || default.iter().map(|&(n, c)| (n.to_owned(), c)).collect();
         Ok(Self::new(key, crate::parse_config(key, value, default)?))
     }
 
