@@ -10,6 +10,7 @@
 mod bounds;
 mod cache;
 mod guest;
+mod ticker;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,13 +23,12 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use crate::version::Version;
 use guest::{GuestState, bindings};
+use ticker::EPOCH_TICK;
 
 pub use bounds::bounded_reason;
 pub use cache::{ComponentCache, write_atomically};
 pub use guest::GuestLimits;
 
-/// How often the epoch advances: the granularity of time limits.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Set (to anything) to have compiled guest code listed in
 /// `/tmp/perf-<pid>.map`, so that `perf report` names the guests' functions.
 pub const GUEST_PERFMAP_ENV: &str = "PASSERELLE_GUEST_PERFMAP";
@@ -215,7 +215,7 @@ impl Runtime {
             };
             anyhow!("creating the WebAssembly engine{with}: {e:#}")
         })?;
-        spawn_epoch_ticker(&engine);
+        ticker::spawn(&engine);
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow!("linking WASI: {e:#}"))?;
@@ -348,21 +348,6 @@ fn arm_time_limit(store: &mut Store<GuestState>, limit: Duration) {
             Ok(wasmtime::UpdateDeadline::Yield(1))
         }
     });
-}
-
-fn spawn_epoch_ticker(engine: &Engine) {
-    // A weak handle: the ticker ends with the last user of the engine.
-    let engine = engine.weak();
-    std::thread::Builder::new()
-        .name("passerelle-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = engine.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .expect("spawning the epoch ticker thread");
 }
 
 fn time_limit_failure(limit: Duration) -> TransformFailure {
