@@ -1,7 +1,7 @@
 //! The pooling allocator `passerelle run` uses, with real components: a
 //! full pool makes messages wait for a slot instead of failing, a reused
 //! slot starts clean (no state of one message is visible to the next), and
-//! the time and memory limits still hold.
+//! the time and memory limits still hold, also after the host sat idle.
 
 mod support;
 
@@ -92,4 +92,33 @@ async fn limits_still_hold_in_the_pool() {
         let actions = runtime.run(&good, &route, &message).await.unwrap();
         assert_eq!(actions.len(), 1, "after {hostile}");
     }
+}
+
+/// The epoch ticker sleeps on an idle host (runtime/ticker.rs); a guest
+/// that starts then must still be stopped at its time limit, not loop
+/// with no clock.
+#[test]
+fn a_busy_guest_is_stopped_after_the_host_sat_idle() {
+    let runtime = pooled(1);
+    let looping = load(&runtime, fixture("looping"));
+    // Ten times the idle spell after which the ticker sleeps.
+    std::thread::sleep(Duration::from_secs(1));
+
+    // On a thread of its own: a guest with no clock never yields, and this
+    // test must fail, not hang with it.
+    let (outcome_tx, outcome_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = outcome_tx.send(tokio.block_on(runtime.run(&looping, &route(), &message())));
+    });
+    let outcome = outcome_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the looping guest was never stopped");
+    assert!(
+        matches!(&outcome, Err(TransformFailure::Trap(reason)) if reason.contains("time limit")),
+        "{outcome:?}"
+    );
 }

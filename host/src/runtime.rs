@@ -23,7 +23,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use crate::version::Version;
 use guest::{GuestState, bindings};
-use ticker::EPOCH_TICK;
+use ticker::{EPOCH_TICK, Ticker};
 
 pub use bounds::bounded_reason;
 pub use cache::{ComponentCache, write_atomically};
@@ -44,6 +44,7 @@ pub struct Runtime {
     /// With the pooling allocator, one permit per pool slot: a message
     /// waits for a slot instead of failing when the pool is full.
     slots: Option<Arc<Semaphore>>,
+    ticker: Ticker,
 }
 
 /// What the pooling allocator reserves up front: instances alive at once,
@@ -215,7 +216,7 @@ impl Runtime {
             };
             anyhow!("creating the WebAssembly engine{with}: {e:#}")
         })?;
-        ticker::spawn(&engine);
+        let ticker = Ticker::spawn(&engine);
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow!("linking WASI: {e:#}"))?;
@@ -226,6 +227,7 @@ impl Runtime {
             linker: Arc::new(linker),
             cache: None,
             slots,
+            ticker,
         })
     }
 
@@ -286,6 +288,9 @@ impl Runtime {
             ),
             None => None,
         };
+        // Before the store: the epoch ticks from before the guest runs until
+        // after its instance is gone.
+        let _ticking = self.ticker.guest_running();
         let state = GuestState::new(route, &transform.version);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
