@@ -330,7 +330,8 @@ fn ensure_component(bytes: &[u8]) -> Result<(), LoadError> {
     match <[u8; 4]>::try_from(&bytes[4..8]).unwrap_or_default() {
         COMPONENT_LAYER => Ok(()),
         MODULE_LAYER => Err(LoadError::NotAComponent(
-            "a core WebAssembly module, not a component: build for wasm32-wasip2".into(),
+            "a core WebAssembly module, not a component: build for wasm32-wasip2, or link with wasm-component-ld"
+                .into(),
         )),
         _ => Err(LoadError::NotAComponent("unknown WebAssembly version or layer".into())),
     }
