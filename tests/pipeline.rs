@@ -7,10 +7,15 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{CRM_ACCOUNT, Deployment as Setup, Reply, SHOP_BUSINESS, close_connection_of, eventually, transform};
+use support::{CRM_ACCOUNT, Deployment as Setup, Reply, close_connection_of, eventually, transform};
 
 /// Quick in-process retries keep failing tests short.
 const QUICK_RETRY: &str = "    retry: { immediate: 1, backoff: 10ms }";
+
+/// What shop-to-crm makes of `SHOP_BUSINESS`: the CRM's PATCH body.
+fn crm_patch_body() -> serde_json::Value {
+    json!({"Name": "Eleven Labs", "Status__c": "CLIENT_ACTIVE", "Country__c": "FR"})
+}
 
 fn version_of(name: &str) -> String {
     passerelle::version::Version::of(&std::fs::read(transform(name)).unwrap()).to_string()
@@ -41,15 +46,7 @@ async fn both_directions_reach_their_target_exactly_as_declared() {
         json!({"business": {"name": "Eleven Labs"}, "status": 70, "country": {"id": 76}})
     );
 
-    setup
-        .broker
-        .publish(
-            &setup.shop_exchange,
-            "business.updated",
-            SHOP_BUSINESS.as_bytes(),
-            Some("shop-msg-1"),
-        )
-        .await;
+    setup.publish_shop_business("shop-msg-1").await;
     let calls = setup.server.wait_for_calls(2, Duration::from_secs(30)).await;
     let crm = &calls[1];
     assert_eq!(
@@ -66,10 +63,7 @@ async fn both_directions_reach_their_target_exactly_as_declared() {
         crm.header("x-passerelle-transform-version"),
         Some(version_of("shop-to-crm").as_str())
     );
-    assert_eq!(
-        support::json(&crm.body),
-        json!({"Name": "Eleven Labs", "Status__c": "CLIENT_ACTIVE", "Country__c": "FR"})
-    );
+    assert_eq!(support::json(&crm.body), crm_patch_body());
     let token_request = setup
         .server
         .received()
@@ -100,15 +94,7 @@ async fn a_revoked_token_is_replaced_and_the_same_request_sent_again() {
     let config = setup.config(QUICK_RETRY, "");
     let _host = setup.start_host(&config).await;
     setup.server.reply_next(Reply::status(401));
-    setup
-        .broker
-        .publish(
-            &setup.shop_exchange,
-            "business.updated",
-            SHOP_BUSINESS.as_bytes(),
-            Some("shop-msg-1"),
-        )
-        .await;
+    setup.publish_shop_business("shop-msg-1").await;
 
     let calls = setup.server.wait_for_calls(2, Duration::from_secs(30)).await;
     let tokens: Vec<_> = calls.iter().map(|call| call.header("authorization")).collect();
@@ -116,10 +102,7 @@ async fn a_revoked_token_is_replaced_and_the_same_request_sent_again() {
     for call in &calls {
         assert_eq!(call.uri, "/services/data/v60.0/sobjects/Account/gg-11");
         assert_eq!(call.header("content-type"), Some("application/json"));
-        assert_eq!(
-            support::json(&call.body),
-            json!({"Name": "Eleven Labs", "Status__c": "CLIENT_ACTIVE", "Country__c": "FR"})
-        );
+        assert_eq!(support::json(&call.body), crm_patch_body());
     }
     setup.wait_until_queue_is_empty(&setup.shop_queue).await;
     assert_eq!(setup.server.calls().len(), 2, "sent again once, not retried further");

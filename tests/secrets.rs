@@ -11,7 +11,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{ADMIN_TOKEN, Deployment, HttpServer, Reply, SHOP_BUSINESS, TEST_SECRETS, eventually, operator_command};
+use support::{ADMIN_TOKEN, Deployment, HttpServer, Reply, TEST_SECRETS, eventually, operator_command};
 
 const WRONG_BROKER_PASSWORD: &str = "wrong-broker-password";
 
@@ -71,15 +71,7 @@ async fn failures_with_secrets_configured_leave_them_nowhere() {
     let host = setup.start_host(&config).await;
 
     setup.publish_crm_account("msg-secret-1").await;
-    setup
-        .broker
-        .publish(
-            &setup.shop_exchange,
-            "business.updated",
-            SHOP_BUSINESS.as_bytes(),
-            Some("msg-secret-2"),
-        )
-        .await;
+    setup.publish_shop_business("msg-secret-2").await;
 
     for queue in [&setup.crm_queue, &setup.shop_queue] {
         let dead = format!("{queue}.dead");

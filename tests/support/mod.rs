@@ -874,6 +874,18 @@ routes:
             .await;
     }
 
+    /// The shop's business change (`SHOP_BUSINESS`), for the shop-to-crm route.
+    pub async fn publish_shop_business(&self, message_id: &str) {
+        self.broker
+            .publish(
+                &self.shop_exchange,
+                "business.updated",
+                SHOP_BUSINESS.as_bytes(),
+                Some(message_id),
+            )
+            .await;
+    }
+
     pub async fn publish_accounts(&self, ids: impl Iterator<Item = usize>) {
         for n in ids {
             let body = CRM_ACCOUNT.replace("gg-11", &format!("gg-{n}"));
