@@ -1,7 +1,8 @@
 //! The pooling allocator `passerelle run` uses, with real components: a
 //! full pool makes messages wait for a slot instead of failing, a reused
 //! slot starts clean (no state of one message is visible to the next), and
-//! the time and memory limits still hold, also after the host sat idle.
+//! the time and memory limits still hold, also after the host sat idle,
+//! and a guest waiting in a WASI call is stopped in wall time.
 
 mod support;
 
@@ -104,21 +105,55 @@ fn a_busy_guest_is_stopped_after_the_host_sat_idle() {
     // Ten times the idle spell after which the ticker sleeps.
     std::thread::sleep(Duration::from_secs(1));
 
-    // On a thread of its own: a guest with no clock never yields, and this
-    // test must fail, not hang with it.
-    let (outcome_tx, outcome_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let tokio = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let _ = outcome_tx.send(tokio.block_on(runtime.run(&looping, &route(), &message())));
-    });
-    let outcome = outcome_rx
+    // A guest with no clock never yields: apart, so that this test fails
+    // rather than hangs with it.
+    let outcome = run_apart(runtime, looping, message())
         .recv_timeout(Duration::from_secs(20))
         .expect("the looping guest was never stopped");
     assert!(
         matches!(&outcome, Err(TransformFailure::Trap(reason)) if reason.contains("time limit")),
         "{outcome:?}"
     );
+}
+
+/// Only a guest that imports WASI can wait in a host call, out of the epoch
+/// deadline's reach: its call alone is also bounded in wall time.
+#[test]
+fn a_guest_waiting_in_a_wasi_call_is_stopped_in_wall_time() {
+    let runtime = pooled(2);
+    assert!(!load(&runtime, transform("crm-to-shop")).imports_wasi());
+    assert!(load(&runtime, transform("crm-to-shop-js")).imports_wasi());
+    let hostile = load(&runtime, fixture("hostile"));
+    assert!(hostile.imports_wasi());
+
+    let sleeping = Message {
+        body: br#"{"do": "sleep", "millis": 3600000}"#.to_vec(),
+        ..Default::default()
+    };
+    let outcome = run_apart(runtime, hostile, sleeping)
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the sleeping guest was never stopped");
+    assert!(
+        matches!(&outcome, Err(TransformFailure::Trap(reason)) if reason.contains("time limit")),
+        "{outcome:?}"
+    );
+}
+
+/// Runs `message` through `transform` on a thread of its own, with the
+/// outcome on the channel: a guest that is never stopped fails its test
+/// at the caller's timeout instead of hanging it.
+fn run_apart(
+    runtime: Runtime,
+    transform: Transform,
+    message: Message,
+) -> std::sync::mpsc::Receiver<Result<Vec<passerelle::runtime::Action>, TransformFailure>> {
+    let (outcome_tx, outcome_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = outcome_tx.send(tokio.block_on(runtime.run(&transform, &route(), &message)));
+    });
+    outcome_rx
 }

@@ -76,6 +76,17 @@ pub struct Transform {
     /// Whether the machine code came from the on-disk cache.
     pub from_cache: bool,
     pre: bindings::TransformPre<GuestState>,
+    imports_wasi: bool,
+}
+
+impl Transform {
+    /// Whether the component imports WASI (anything beyond the world's
+    /// interfaces). Only then can its guest wait in a host call (a sleep,
+    /// a poll), where the epoch deadline does not reach it, so only then is
+    /// its call also bounded in wall time.
+    pub fn imports_wasi(&self) -> bool {
+        self.imports_wasi
+    }
 }
 
 /// Per-route values a transform runs with.
@@ -262,10 +273,12 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let pre = bindings::TransformPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let imports_wasi = imports_beyond_the_world(&self.engine, &component);
         Ok(Transform {
             version,
             from_cache,
             pre,
+            imports_wasi,
         })
     }
 
@@ -303,7 +316,13 @@ impl Runtime {
         // The epoch deadline stops guest code; this outer bound, in wall
         // time and so generous, also stops a guest parked in a host call
         // (a WASI sleep, say).
-        let outcome = tokio::time::timeout(limits.time * 4 + PARKED_GRACE, call).await;
+        let outcome = if transform.imports_wasi {
+            tokio::time::timeout(limits.time * 4 + PARKED_GRACE, call).await
+        } else {
+            // The world's host functions return at once: the epoch deadline
+            // bounds the whole call, and a timer per message would be waste.
+            Ok(call.await)
+        };
         match outcome {
             Err(_elapsed) => Err(time_limit_failure(limits.time)),
             Ok(Ok(Ok(actions))) => {
@@ -314,6 +333,15 @@ impl Runtime {
             Ok(Err(trap)) => Err(describe_trap(&trap, store.data(), limits)),
         }
     }
+}
+
+/// Whether `component` imports anything but the `passerelle:transform`
+/// world's interfaces: WASI, in practice.
+fn imports_beyond_the_world(engine: &Engine, component: &Component) -> bool {
+    component
+        .component_type()
+        .imports(engine)
+        .any(|(name, _)| !name.starts_with("passerelle:transform/"))
 }
 
 /// Refuses bytes that are not a component before the compiler gives a

@@ -31,6 +31,9 @@ enum Order {
     Recurse,
     /// Writes `text` to stderr (WASI), then traps without a log line.
     StderrThenTrap { text: String },
+    /// Sleeps `millis` in a WASI call, where no epoch deadline reaches it,
+    /// then makes an ordinary call.
+    Sleep { millis: u64 },
 }
 
 fn turn(msg: Message) -> Result<Vec<Action>, Failure> {
@@ -56,6 +59,10 @@ fn turn(msg: Message) -> Result<Vec<Action>, Failure> {
         Order::StderrThenTrap { text } => {
             eprintln!("{text}");
             std::process::abort()
+        }
+        Order::Sleep { millis } => {
+            std::thread::sleep(std::time::Duration::from_millis(millis));
+            Ok(vec![put(&json!({ "id": "slept" }))?])
         }
     }
 }
