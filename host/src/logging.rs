@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -85,7 +86,7 @@ impl<'de> serde::Deserialize<'de> for GelfTarget {
 /// Installs the global subscriber: stderr in `format`, filtered by
 /// `RUST_LOG` (default `info`), plus GELF when `gelf` is given. Call once.
 pub fn init(format: LogFormat, gelf: Option<&GelfTarget>) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (targets, env_filter) = filter_from(std::env::var("RUST_LOG").ok().as_deref());
     let stderr = match format {
         // Colours only for a person at a terminal: in a file or a journal the
         // escape codes are noise (and styling every field costs each message).
@@ -97,11 +98,27 @@ pub fn init(format: LogFormat, gelf: Option<&GelfTarget>) -> anyhow::Result<()> 
     };
     let gelf = gelf.map(GelfLayer::start).transpose()?;
     tracing_subscriber::registry()
-        .with(filter)
+        .with(targets)
+        .with(env_filter)
         .with(stderr)
         .with(gelf)
         .try_init()?;
     Ok(())
+}
+
+/// The `RUST_LOG` filter, `info` when unset or blank, as one of two kinds.
+/// A list of `target=level` (or bare `level`) directives, the usual case,
+/// becomes a `Targets` filter: it takes no lock when a span is entered or
+/// left, where `EnvFilter` takes a read lock, shared by the worker threads,
+/// on every poll of every message's future. Span and field directives
+/// (`[message{route=crm-to-shop}]=debug`) need `EnvFilter`, which ignores
+/// a directive it cannot read.
+fn filter_from(spec: Option<&str>) -> (Option<Targets>, Option<EnvFilter>) {
+    let spec = spec.map(str::trim).filter(|spec| !spec.is_empty()).unwrap_or("info");
+    match spec.parse::<Targets>() {
+        Ok(targets) if !spec.contains(['[', '{']) => (Some(targets), None),
+        _ => (None, Some(EnvFilter::new(spec))),
+    }
 }
 
 /// One JSON object per line, the current span's fields under `"span"`.
@@ -376,6 +393,38 @@ mod tests {
     use std::net::TcpListener;
 
     use super::*;
+
+    #[test]
+    fn rust_log_lists_of_targets_need_no_env_filter() {
+        let (targets, env_filter) = filter_from(None);
+        let targets = targets.expect("info is a list of targets");
+        assert!(env_filter.is_none());
+        assert!(targets.would_enable("passerelle::pipeline", &Level::INFO));
+        assert!(!targets.would_enable("passerelle::pipeline", &Level::DEBUG));
+
+        let (targets, _) = filter_from(Some(" passerelle=debug,lapin=warn "));
+        let targets = targets.expect("a list of targets");
+        assert!(targets.would_enable("passerelle::amqp::consumer", &Level::DEBUG));
+        assert!(!targets.would_enable("lapin::channel", &Level::INFO));
+        assert!(
+            !targets.would_enable("hyper", &Level::ERROR),
+            "no default: off, as EnvFilter"
+        );
+
+        let (targets, _) = filter_from(Some("  "));
+        assert!(
+            targets.unwrap().would_enable("any", &Level::INFO),
+            "blank is the default"
+        );
+    }
+
+    #[test]
+    fn span_and_field_directives_go_to_env_filter() {
+        for spec in ["[message]=debug", "passerelle[message{route=crm-to-shop}]=trace"] {
+            let (targets, env_filter) = filter_from(Some(spec));
+            assert!(targets.is_none() && env_filter.is_some(), "{spec}");
+        }
+    }
 
     #[test]
     fn gelf_targets_read_udp_tcp_and_bare_addresses_and_name_bad_ones() {
