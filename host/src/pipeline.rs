@@ -15,7 +15,7 @@ use crate::delivery::{CallContext, DeliveryError, Http};
 use crate::memory::{DropReason, Keys, RouteMemory};
 use crate::routes::RouteHandle;
 use crate::runtime::{Action, Message, Runtime, Transform, TransformFailure, bounded_reason};
-use crate::stats::{RetryKind, Stats};
+use crate::stats::{RetryKind, RouteCounters, Stats};
 use crate::trace::TraceContext;
 use crate::version::Version;
 
@@ -146,6 +146,7 @@ pub struct Pipeline {
     runtime: Runtime,
     http: Arc<Http>,
     stats: Arc<Stats>,
+    counters: RouteCounters,
     memory: RouteMemory,
 }
 
@@ -157,11 +158,13 @@ impl Pipeline {
         stats: Arc<Stats>,
         memory: RouteMemory,
     ) -> Self {
+        let counters = stats.route_counters(&route.name);
         Self {
             route,
             runtime,
             http,
             stats,
+            counters,
             memory,
         }
     }
@@ -193,7 +196,7 @@ impl Pipeline {
         publisher: &Publisher,
         span_version: &Version,
     ) -> Outcome {
-        self.stats.received(self.name());
+        self.counters.received();
         if let Some(failure) = self.too_large(message) {
             return Outcome::DeadLetter(failure);
         }
@@ -236,7 +239,7 @@ impl Pipeline {
                         tracing::error!("delivered, but not recorded; requeued to be delivered again: {error:#}");
                         return Outcome::Unrecorded;
                     }
-                    self.stats.delivered(self.name());
+                    self.counters.delivered();
                     tracing::debug!("delivered");
                     return Outcome::Delivered {
                         version: transform.version.clone(),

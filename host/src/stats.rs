@@ -114,6 +114,24 @@ struct ShadowLabels {
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// A route's counters of every message, held by its pipeline: counting a
+/// message is an atomic addition, with no label to build or look up.
+#[derive(Clone)]
+pub struct RouteCounters {
+    received: Counter,
+    delivered: Counter,
+}
+
+impl RouteCounters {
+    pub fn received(&self) {
+        self.received.inc();
+    }
+
+    pub fn delivered(&self) {
+        self.delivered.inc();
+    }
+}
+
 pub struct Stats {
     registry: Registry,
     received: Family<RouteLabel, Counter>,
@@ -239,12 +257,14 @@ impl Stats {
         );
     }
 
-    pub fn received(&self, route: &str) {
-        self.received.get_or_create(&route_label(route)).inc();
-    }
-
-    pub fn delivered(&self, route: &str) {
-        self.delivered.get_or_create(&route_label(route)).inc();
+    /// The route's message counters, looked up once (they read 0 until
+    /// its first message).
+    pub fn route_counters(&self, route: &str) -> RouteCounters {
+        let label = route_label(route);
+        RouteCounters {
+            received: self.received.get_or_create(&label).clone(),
+            delivered: self.delivered.get_or_create(&label).clone(),
+        }
     }
 
     pub fn retried(&self, route: &str, kind: RetryKind) {
@@ -399,5 +419,37 @@ impl Stats {
 fn route_label(route: &str) -> RouteLabel {
     RouteLabel {
         route: route.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_s_counters_are_the_series_metrics_shows() {
+        let stats = Stats::default();
+        let counters = stats.route_counters("crm-to-shop");
+        let text = stats.encode();
+        assert!(
+            text.contains(r#"passerelle_messages_received_total{route="crm-to-shop"} 0"#),
+            "{text}"
+        );
+
+        counters.received();
+        counters.received();
+        counters.delivered();
+        // A second handle (a route set up again) counts into the same series.
+        stats.route_counters("crm-to-shop").delivered();
+        let text = stats.encode();
+        assert!(
+            text.contains(r#"passerelle_messages_received_total{route="crm-to-shop"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"passerelle_messages_delivered_total{route="crm-to-shop"} 2"#),
+            "{text}"
+        );
+        assert_eq!(stats.route_counts("crm-to-shop").received, 2);
     }
 }
