@@ -3,7 +3,8 @@
 //! its route, id, transform version and attempt; with `logging.gelf` the
 //! same records reach a local Graylog stand-in (a UDP socket, a TCP
 //! listener) as GELF 1.1. The human format, in a file, is plain text with
-//! the same fields.
+//! the same fields; a RUST_LOG that is no filter is named, and logging
+//! goes on at info.
 
 mod support;
 
@@ -148,4 +149,19 @@ async fn human_lines_in_a_file_are_plain_text_naming_the_message() {
     ] {
         assert!(line.contains(&field), "{field} not in {line:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rust_log_that_is_not_a_filter_is_named_and_the_host_logs_at_info() {
+    let setup = Deployment::new().await;
+    let env: Vec<(&str, &str)> = TEST_SECRETS
+        .iter()
+        .copied()
+        .chain([("RUST_LOG", "passerelle=loud")])
+        .collect();
+    let host = Host::start_with_env(&setup.config("", ""), &env);
+    host.wait_for_log(r#"RUST_LOG "passerelle=loud" is not a log filter"#, 1)
+        .await;
+    // Still at info, not filtered down to nothing.
+    host.wait_for_log("connected to the broker", 1).await;
 }

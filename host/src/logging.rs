@@ -86,7 +86,11 @@ impl<'de> serde::Deserialize<'de> for GelfTarget {
 /// Installs the global subscriber: stderr in `format`, filtered by
 /// `RUST_LOG` (default `info`), plus GELF when `gelf` is given. Call once.
 pub fn init(format: LogFormat, gelf: Option<&GelfTarget>) -> anyhow::Result<()> {
-    let (targets, env_filter) = filter_from(std::env::var("RUST_LOG").ok().as_deref());
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let (filter, refused) = match filter_from(rust_log.as_deref()) {
+        Ok(filter) => (filter, None),
+        Err(problem) => (filter_from(None).expect("info is a filter"), Some(problem)),
+    };
     let stderr = match format {
         // Colours only for a person at a terminal: in a file or a journal the
         // escape codes are noise (and styling every field costs each message).
@@ -98,12 +102,21 @@ pub fn init(format: LogFormat, gelf: Option<&GelfTarget>) -> anyhow::Result<()> 
     };
     let gelf = gelf.map(GelfLayer::start).transpose()?;
     tracing_subscriber::registry()
-        .with(targets)
-        .with(env_filter)
+        .with(filter.targets)
+        .with(filter.env)
         .with(stderr)
         .with(gelf)
         .try_init()?;
+    if let Some(problem) = refused {
+        tracing::warn!("{problem}");
+    }
     Ok(())
+}
+
+/// What filters stderr: one of the two is set.
+struct LogFilter {
+    targets: Option<Targets>,
+    env: Option<EnvFilter>,
 }
 
 /// The `RUST_LOG` filter, `info` when unset or blank, as one of two kinds.
@@ -111,13 +124,25 @@ pub fn init(format: LogFormat, gelf: Option<&GelfTarget>) -> anyhow::Result<()> 
 /// becomes a `Targets` filter: it takes no lock when a span is entered or
 /// left, where `EnvFilter` takes a read lock, shared by the worker threads,
 /// on every poll of every message's future. Span and field directives
-/// (`[message{route=crm-to-shop}]=debug`) need `EnvFilter`, which ignores
-/// a directive it cannot read.
-fn filter_from(spec: Option<&str>) -> (Option<Targets>, Option<EnvFilter>) {
+/// (`[message{route=crm-to-shop}]=debug`) need `EnvFilter`. A value with
+/// a directive neither can read is refused, naming it (the host then logs
+/// at `info` rather than filter everything out).
+fn filter_from(spec: Option<&str>) -> Result<LogFilter, String> {
     let spec = spec.map(str::trim).filter(|spec| !spec.is_empty()).unwrap_or("info");
-    match spec.parse::<Targets>() {
-        Ok(targets) if !spec.contains(['[', '{']) => (Some(targets), None),
-        _ => (None, Some(EnvFilter::new(spec))),
+    if let Ok(targets) = spec.parse::<Targets>()
+        && !spec.contains(['[', '{'])
+    {
+        return Ok(LogFilter {
+            targets: Some(targets),
+            env: None,
+        });
+    }
+    match EnvFilter::try_new(spec) {
+        Ok(env) => Ok(LogFilter {
+            targets: None,
+            env: Some(env),
+        }),
+        Err(e) => Err(format!("RUST_LOG {spec:?} is not a log filter ({e}): logging at info")),
     }
 }
 
@@ -396,13 +421,13 @@ mod tests {
 
     #[test]
     fn rust_log_lists_of_targets_need_no_env_filter() {
-        let (targets, env_filter) = filter_from(None);
+        let LogFilter { targets, env } = filter_from(None).unwrap();
         let targets = targets.expect("info is a list of targets");
-        assert!(env_filter.is_none());
+        assert!(env.is_none());
         assert!(targets.would_enable("passerelle::pipeline", &Level::INFO));
         assert!(!targets.would_enable("passerelle::pipeline", &Level::DEBUG));
 
-        let (targets, _) = filter_from(Some(" passerelle=debug,lapin=warn "));
+        let targets = filter_from(Some(" passerelle=debug,lapin=warn ")).unwrap().targets;
         let targets = targets.expect("a list of targets");
         assert!(targets.would_enable("passerelle::amqp::consumer", &Level::DEBUG));
         assert!(!targets.would_enable("lapin::channel", &Level::INFO));
@@ -411,7 +436,7 @@ mod tests {
             "no default: off, as EnvFilter"
         );
 
-        let (targets, _) = filter_from(Some("  "));
+        let targets = filter_from(Some("  ")).unwrap().targets;
         assert!(
             targets.unwrap().would_enable("any", &Level::INFO),
             "blank is the default"
@@ -421,8 +446,21 @@ mod tests {
     #[test]
     fn span_and_field_directives_go_to_env_filter() {
         for spec in ["[message]=debug", "passerelle[message{route=crm-to-shop}]=trace"] {
-            let (targets, env_filter) = filter_from(Some(spec));
-            assert!(targets.is_none() && env_filter.is_some(), "{spec}");
+            let LogFilter { targets, env } = filter_from(Some(spec)).unwrap();
+            assert!(targets.is_none() && env.is_some(), "{spec}");
+        }
+    }
+
+    #[test]
+    fn a_rust_log_neither_filter_reads_is_refused_naming_it() {
+        for spec in ["passerelle=loud", "[bad{=debug"] {
+            let Err(problem) = filter_from(Some(spec)) else {
+                panic!("{spec} was taken");
+            };
+            assert!(
+                problem.contains(&format!("{spec:?}")) && problem.ends_with("logging at info"),
+                "{problem}"
+            );
         }
     }
 
