@@ -205,18 +205,17 @@ fn method(method: HttpMethod) -> reqwest::Method {
     }
 }
 
-/// The request's JSON body, parsed back.
-#[cfg(test)]
-fn body_of(request: &Request) -> Option<Value> {
-    let bytes = request.json.as_ref()?;
-    Some(serde_json::from_slice(bytes).expect("the body is JSON"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Parameter;
     use serde_json::json;
+
+    /// The request's JSON body, parsed back.
+    fn body_of(request: &Request) -> Option<Value> {
+        let bytes = request.json.as_ref()?;
+        Some(serde_json::from_slice(bytes).expect("the body is JSON"))
+    }
 
     fn upsert_business() -> Operation {
         let parameter = |location, required| Parameter { location, required };
