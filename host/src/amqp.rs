@@ -1,11 +1,13 @@
 //! RabbitMQ: connecting, declaring each route's topology idempotently and
 //! publishing with confirms. `headers` is every header we read or write;
-//! `consumer` is the AMQP side of a route's message path; `brokers` is
-//! the list of addresses a connection may go to.
+//! `consumer` is the AMQP side of a route's message path, `settler` sends
+//! its acks in batches; `brokers` is the list of addresses a connection
+//! may go to.
 
 pub mod brokers;
 pub mod consumer;
 pub mod headers;
+pub mod settler;
 
 pub use brokers::Brokers;
 
