@@ -430,3 +430,78 @@ async fn basic_auth_credentials_come_from_the_environment() {
     assert_eq!(host.terminate().code(), Some(0));
     assert!(!host.log().contains("open sesame"), "the password leaked into the log");
 }
+
+/// The acks of a route's channel go in batches (`amqp::settler`); against
+/// the real broker, verdicts given out of order settle exactly what they
+/// say: requeued deliveries come back, acked ones never do, and one still
+/// in hand is not covered by a multiple ack of those after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_settler_acks_and_requeues_exactly_what_was_decided() {
+    use futures_util::StreamExt as _;
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+    use passerelle::amqp::settler::{Settler, Verdict};
+
+    let broker = support::Broker::connect().await;
+    let queue = broker.queue("settler");
+    broker.declare_queue(&queue).await;
+    for n in 0..20 {
+        broker.publish("", &queue, n.to_string().as_bytes(), None).await;
+    }
+    let channel = broker.open_channel().await;
+    channel.basic_qos(40, BasicQosOptions::default()).await.unwrap();
+    let mut deliveries = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "settler-test".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let (settler, task) = Settler::start(channel.clone(), "settler-test".into());
+    let mut taken = Vec::new();
+    for _ in 0..20 {
+        let delivery = deliveries.next().await.unwrap().unwrap();
+        settler.taken(delivery.delivery_tag);
+        let body: u32 = String::from_utf8_lossy(&delivery.data).parse().unwrap();
+        taken.push((body, delivery.delivery_tag));
+    }
+    let requeued = |body: u32| body.is_multiple_of(5);
+    // Decided from the last to the first, all but body 3, which stays in hand.
+    for &(body, tag) in taken.iter().rev().filter(|(body, _)| *body != 3) {
+        let verdict = if requeued(body) { Verdict::Requeue } else { Verdict::Ack };
+        settler.decided(tag, verdict);
+    }
+    let mut back = Vec::new();
+    while back.len() < 4 {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), deliveries.next())
+            .await
+            .expect("the requeued deliveries come back")
+            .unwrap()
+            .unwrap();
+        assert!(delivery.redelivered);
+        back.push(String::from_utf8_lossy(&delivery.data).parse::<u32>().unwrap());
+    }
+    back.sort();
+    assert_eq!(back, [0, 5, 10, 15]);
+
+    drop(settler);
+    task.finish().await;
+    // Closing the channel returns what it still holds unacked: body 3 and
+    // the four that came back. The fifteen acked ones are gone for good.
+    channel.close(200, "done".into()).await.unwrap();
+    eventually(
+        "the unacked five back in the queue",
+        Duration::from_secs(10),
+        async || (broker.depth(&queue).await == 5).then_some(()),
+    )
+    .await;
+    let mut left: Vec<u32> = broker
+        .drain(&queue)
+        .await
+        .iter()
+        .map(|taken| String::from_utf8_lossy(&taken.body).parse().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, [0, 3, 5, 10, 15]);
+}

@@ -264,6 +264,11 @@ impl Broker {
         queue
     }
 
+    /// A channel of its own, for a test that consumes.
+    pub async fn open_channel(&self) -> Channel {
+        self.connection.create_channel().await.unwrap()
+    }
+
     pub async fn depth(&self, queue: &str) -> u32 {
         self.passive(queue).await.map_or(0, |q| q.message_count())
     }

@@ -3,7 +3,8 @@
 //! `Pipeline::process`, and carry out the outcome: ack, or copy it to a
 //! delayed-retry queue or the dead-letter queue and ack once the broker
 //! confirmed the copy. When even the copy fails the message is requeued:
-//! nothing is acked that is not delivered or safely moved.
+//! nothing is acked that is not delivered or safely moved. The acks
+//! themselves go through the channel's `Settler`, in batches.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +13,14 @@ use anyhow::{Context as _, anyhow};
 use futures_util::StreamExt as _;
 use lapin::Connection;
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use super::settler::{Settler, Verdict};
 use super::{Publisher, headers};
 use crate::pipeline::{Failure, Outcome, Pipeline};
 use crate::runtime::Message;
@@ -52,6 +54,7 @@ pub async fn consume(
         .await
         .with_context(|| format!("route {name}: consuming {}", route.queue))?;
     let publisher = Publisher::new(connection.clone());
+    let (settler, settler_task) = Settler::start(channel.clone(), name.clone());
     let slots = Arc::new(Semaphore::new(usize::from(route.concurrency)));
     let mut in_flight = JoinSet::new();
     loop {
@@ -71,9 +74,11 @@ pub async fn consume(
             },
         };
         let slot = slots.clone().acquire_owned().await?;
-        let (pipeline, publisher) = (pipeline.clone(), publisher.clone());
+        settler.taken(delivery.delivery_tag);
+        let (pipeline, publisher, settler) = (pipeline.clone(), publisher.clone(), settler.clone());
         in_flight.spawn(async move {
-            handle(&pipeline, delivery, &publisher).await;
+            let verdict = handle(&pipeline, &delivery, &publisher).await;
+            settler.decided(delivery.delivery_tag, verdict);
             drop(slot);
         });
     }
@@ -81,6 +86,10 @@ pub async fn consume(
         .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
         .await;
     drain(&name, in_flight, grace).await;
+    // The verdicts of the messages that finished are sent before the
+    // channel closes.
+    drop(settler);
+    settler_task.finish().await;
     // Closed here, not dropped: the connection closes right after, and a
     // channel still closing would be reported as an error.
     let _ = channel.close(200, "shutting down".into()).await;
@@ -90,8 +99,8 @@ pub async fn consume(
 
 /// Handles one delivery to the end, every log line of it in a span that
 /// names the route, the message, its attempt and the transform version.
-async fn handle(pipeline: &Pipeline, delivery: Delivery, publisher: &Publisher) {
-    let message = message_of(&delivery);
+async fn handle(pipeline: &Pipeline, delivery: &Delivery, publisher: &Publisher) -> Verdict {
+    let message = message_of(delivery);
     // The version that will most likely run, named when the span opens:
     // recording it later would format the span's fields a second time.
     let transform = pipeline.route.slot.current();
@@ -105,7 +114,7 @@ async fn handle(pipeline: &Pipeline, delivery: Delivery, publisher: &Publisher) 
     async {
         let trace = TraceContext::for_message(&message.headers);
         let outcome = pipeline.process(&message, &trace, publisher, &transform.version).await;
-        settle(pipeline, &delivery, &message, &trace, outcome, publisher).await;
+        settle(pipeline, delivery, &message, &trace, outcome, publisher).await
     }
     .instrument(span)
     .await
@@ -121,7 +130,7 @@ async fn settle(
     trace: &TraceContext,
     outcome: Outcome,
     publisher: &Publisher,
-) {
+) -> Verdict {
     let moved = match &outcome {
         Outcome::Delivered { .. } | Outcome::Dropped(_) => Ok(()),
         Outcome::Unrecorded => Err(anyhow!("its delivery could not be recorded")),
@@ -140,20 +149,12 @@ async fn settle(
             moved
         }
     };
-    let settled = match moved {
-        Ok(()) => delivery.ack(Default::default()).await,
+    match moved {
+        Ok(()) => Verdict::Ack,
         Err(error) => {
             tracing::error!("could not settle a message, the broker will redeliver it: {error:#}");
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            };
-            delivery.nack(requeue).await
+            Verdict::Requeue
         }
-    };
-    if let Err(error) = settled {
-        // The channel is gone: the broker redelivers the message.
-        tracing::warn!("could not settle a message: {error}");
     }
 }
 
