@@ -60,6 +60,11 @@ pub struct Sample {
     pub rate: f64,
     /// Seconds of CPU (user + system) per message.
     pub cpu_per_message: Option<f64>,
+    /// The broker's seconds of CPU per message, over the same window.
+    pub broker_cpu_per_message: Option<f64>,
+    /// The share of the machine's cores busy over the window (anything:
+    /// contestant, broker, the harness's HTTP server).
+    pub machine_busy: Option<f64>,
     /// Passerelle's peak RSS (VmHWM), in bytes.
     pub peak_rss: Option<u64>,
 }
@@ -78,6 +83,8 @@ pub struct Arena<'a> {
     pub profile: Option<PathBuf>,
     /// The queue each of bare, native and node consumes.
     pub queues: [String; 3],
+    /// RabbitMQ's process, whose CPU time a round also reads.
+    pub broker_pid: Option<u32>,
 }
 
 impl Arena<'_> {
@@ -128,6 +135,8 @@ impl Arena<'_> {
         Ok(Sample {
             rate: self.messages as f64 / seconds,
             cpu_per_message: Some(cpu / self.messages as f64),
+            broker_cpu_per_message: None,
+            machine_busy: None,
             peak_rss: None,
         })
     }
@@ -135,7 +144,7 @@ impl Arena<'_> {
     async fn delivery_round(&self, contestant: Contestant, queue: &str, round: usize) -> anyhow::Result<Sample> {
         self.server.arm(self.messages);
         let mut service = self.start(contestant, queue)?;
-        self.server.watch(service.pid());
+        self.server.watch(service.pid(), self.broker_pid);
         let profiler = self.profile(contestant, &mut service, round).await?;
         self.wait_delivered(contestant, &mut service).await?;
         if let Some(mut profiler) = profiler {
@@ -151,10 +160,17 @@ impl Arena<'_> {
         let (first, last) = window.first.zip(window.last).context("no first or last request")?;
         // The window holds the n-1 messages after the first.
         let intervals = (self.messages - 1) as f64;
-        let cpu = last.cpu.zip(first.cpu).map(|(last, first)| (last - first) / intervals);
+        let per_message = |last: Option<f64>, first: Option<f64>| last.zip(first).map(|(l, f)| (l - f) / intervals);
+        let seconds = (last.at - first.at).as_secs_f64();
+        let machine_busy = last
+            .machine
+            .zip(first.machine)
+            .map(|((last, cores), (first, _))| (last - first) / (seconds * cores as f64));
         Ok(Sample {
-            rate: intervals / (last.at - first.at).as_secs_f64(),
-            cpu_per_message: cpu,
+            rate: intervals / seconds,
+            cpu_per_message: per_message(last.cpu, first.cpu),
+            broker_cpu_per_message: per_message(last.broker, first.broker),
+            machine_busy,
             peak_rss,
         })
     }

@@ -177,6 +177,7 @@ async fn measure(settings: &Settings, broker: &Broker, work: &Path) -> anyhow::R
             broker.queue("native").await?,
             broker.queue("node").await?,
         ],
+        broker_pid: process::broker_pid(),
     };
     println!(
         "passerelle-bench: {} persistent messages x {} round(s), {} in flight, interleaved; Passerelle runs {}.wasm",
@@ -215,10 +216,12 @@ async fn rounds(arena: &Arena<'_>, settings: &Settings) -> anyhow::Result<Vec<(C
         for contestant in order {
             let sample = arena.round(contestant, round).await?;
             println!(
-                "round {round}: {:<10} {:>8.0} msg/s, {:>6.1} µs CPU/msg",
+                "round {round}: {:<10} {:>8.0} msg/s, {:>6.1} µs CPU/msg, broker {:>5.1} µs/msg, machine {:>3.0}% busy",
                 contestant.key(),
                 sample.rate,
-                sample.cpu_per_message.map_or(f64::NAN, |s| s * 1e6)
+                sample.cpu_per_message.map_or(f64::NAN, |s| s * 1e6),
+                sample.broker_cpu_per_message.map_or(f64::NAN, |s| s * 1e6),
+                sample.machine_busy.map_or(f64::NAN, |s| s * 100.0)
             );
             let entry = samples.iter_mut().find(|(c, _)| *c == contestant);
             entry.context("a contestant of the round")?.1.push(sample);

@@ -25,6 +25,38 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / per_second as f64)
 }
 
+/// CPU seconds the whole machine spent busy (every core: user, nice,
+/// system, interrupts, steal; not idle or waiting for I/O), and its
+/// number of cores: a round's share of the machine it kept busy.
+pub fn machine_busy_seconds() -> Option<(f64, usize)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let mut lines = stat.lines();
+    let total: Vec<u64> = lines
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map_while(|f| f.parse().ok())
+        .collect();
+    let cores = lines.filter(|line| line.starts_with("cpu")).count();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| total.get(i)).sum();
+    // SAFETY: sysconf reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some((busy as f64 / per_second as f64, cores))
+}
+
+/// The process listening on the broker's port 5672 (RabbitMQ's
+/// `beam.smp`), as `ss` names it; None if `ss` cannot tell.
+pub fn broker_pid() -> Option<u32> {
+    let output = std::process::Command::new("ss")
+        .args(["-Hltnp", "sport = :5672"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let after = &text[text.find("pid=")? + 4..];
+    after[..after.find(|c: char| !c.is_ascii_digit())?].parse().ok()
+}
+
 /// The peak resident set size of process `pid` (VmHWM), in bytes.
 pub fn peak_rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -126,4 +158,32 @@ fn tail(name: &str, log: &Path) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(15)..].join("\n");
     format!("\n--- {name} ({}) ---\n{tail}", log.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_machine_counts_every_core_and_its_busy_time_grows() {
+        let (before, cores) = machine_busy_seconds().expect("/proc/stat is readable");
+        assert_eq!(Some(cores), std::thread::available_parallelism().ok().map(usize::from));
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(100) {
+            std::hint::black_box(spin.elapsed());
+        }
+        let (after, _) = machine_busy_seconds().unwrap();
+        assert!(
+            after > before,
+            "busy {before} s, then {after} s after 100 ms of spinning"
+        );
+    }
+
+    #[test]
+    fn the_broker_is_the_process_on_port_5672() {
+        let pid = broker_pid().expect("RabbitMQ listens on 127.0.0.1:5672 and ss names its process");
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(name.trim(), "beam.smp");
+        assert!(cpu_seconds(pid).is_some());
+    }
 }

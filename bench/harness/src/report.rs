@@ -23,6 +23,8 @@ struct Figures {
     min: f64,
     max: f64,
     cpu_us: f64,
+    broker_us: Option<f64>,
+    machine_busy: Option<f64>,
 }
 
 impl Report {
@@ -46,11 +48,26 @@ impl Report {
             .filter_map(|s| s.cpu_per_message)
             .map(|s| s * 1e6)
             .collect();
+        let median_of = |values: Vec<f64>| (!values.is_empty()).then(|| median(values));
         Some(Figures {
             min: rates.iter().copied().fold(f64::INFINITY, f64::min),
             max: rates.iter().copied().fold(0.0, f64::max),
             rate: median(rates),
             cpu_us: median(cpu),
+            broker_us: median_of(
+                samples
+                    .iter()
+                    .filter_map(|s| s.broker_cpu_per_message)
+                    .map(|s| s * 1e6)
+                    .collect(),
+            ),
+            machine_busy: median_of(
+                samples
+                    .iter()
+                    .filter_map(|s| s.machine_busy)
+                    .map(|s| s * 100.0)
+                    .collect(),
+            ),
         })
     }
 
@@ -69,6 +86,12 @@ impl Report {
         println!();
         self.print_table();
         println!();
+        println!(
+            "Broker CPU is RabbitMQ's over the same window; machine busy is the share of all cores in use \
+             (contestant, broker and this harness's HTTP server): near 100%, the round was limited by the \
+             machine, not by the contestant alone."
+        );
+        println!();
         self.print_passerelle();
         println!();
         self.print_targets();
@@ -77,17 +100,18 @@ impl Report {
     fn print_table(&self) {
         let passerelle = self.figures(Contestant::Passerelle);
         println!(
-            "| contestant | msg/s | rounds (min–max) | CPU µs/msg | Passerelle's rate ÷ this | Passerelle's CPU ÷ this |"
+            "| contestant | msg/s | rounds (min–max) | CPU µs/msg | Passerelle's rate ÷ this | Passerelle's CPU ÷ this | broker CPU µs/msg | machine busy |"
         );
-        println!("|---|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
         for (contestant, _) in &self.samples {
             let Some(figures) = self.figures(*contestant) else {
                 continue;
             };
             let ratio =
                 |ours: Option<f64>, theirs: f64| ours.map_or("–".into(), |ours| format!("{:.2}×", ours / theirs));
+            let or_dash = |figure: Option<f64>, unit: &str| figure.map_or("–".into(), |f| format!("{f:.1}{unit}"));
             println!(
-                "| {} | {:.0} | {:.0}–{:.0} | {:.1} | {} | {} |",
+                "| {} | {:.0} | {:.0}–{:.0} | {:.1} | {} | {} | {} | {} |",
                 contestant.label(),
                 figures.rate,
                 figures.min,
@@ -95,6 +119,8 @@ impl Report {
                 figures.cpu_us,
                 ratio(passerelle.as_ref().map(|p| p.rate), figures.rate),
                 ratio(passerelle.as_ref().map(|p| p.cpu_us), figures.cpu_us),
+                or_dash(figures.broker_us, ""),
+                or_dash(figures.machine_busy, "%"),
             );
         }
     }

@@ -4,7 +4,8 @@
 //! the mapping gives (compared as JSON values, so key order is free). In a
 //! round it counts mismatches, duplicates and missing Ids, and marks the
 //! first and the N-th request with the contestant's CPU time at that
-//! moment: the window its rate and CPU per message are measured over.
+//! moment (and the broker's, and the whole machine's): the window its
+//! rate and CPU per message are measured over.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -15,20 +16,25 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use tokio::sync::{Notify, oneshot};
 
 use crate::broker::expected_shop_body;
-use crate::process::cpu_seconds;
+use crate::process::{cpu_seconds, machine_busy_seconds};
 
-/// A moment of the round: when, and the contestant's CPU time then.
+/// A moment of the round: when, and the CPU time then of the contestant,
+/// of the broker and of the whole machine (busy seconds, cores).
 #[derive(Debug, Clone, Copy)]
 pub struct Mark {
     pub at: Instant,
     pub cpu: Option<f64>,
+    pub broker: Option<f64>,
+    pub machine: Option<(f64, usize)>,
 }
 
 impl Mark {
-    pub fn now(pid: u32) -> Self {
+    pub fn now(pid: u32, broker: Option<u32>) -> Self {
         Self {
             at: Instant::now(),
             cpu: cpu_seconds(pid),
+            broker: broker.and_then(cpu_seconds),
+            machine: machine_busy_seconds(),
         }
     }
 }
@@ -38,8 +44,9 @@ impl Mark {
 pub struct Window {
     /// Ids gg-0..gg-(n-1) are expected, each once; 0 between rounds.
     n: usize,
-    /// The contestant, whose CPU time the marks read.
+    /// The contestant and the broker, whose CPU times the marks read.
     pid: u32,
+    broker: Option<u32>,
     seen: Vec<bool>,
     pub received: usize,
     pub mismatches: usize,
@@ -73,7 +80,7 @@ impl Window {
     fn record(&mut self, id: Option<usize>, mut problem: Option<String>) -> bool {
         self.received += 1;
         if self.first.is_none() {
-            self.first = Some(Mark::now(self.pid));
+            self.first = Some(Mark::now(self.pid, self.broker));
         }
         match id {
             Some(i) if i < self.n => {
@@ -92,7 +99,7 @@ impl Window {
         }
         let done = self.n > 0 && self.received == self.n;
         if done {
-            self.last = Some(Mark::now(self.pid));
+            self.last = Some(Mark::now(self.pid, self.broker));
         }
         done
     }
@@ -142,9 +149,11 @@ impl Server {
         };
     }
 
-    /// The process whose CPU time the round's marks read.
-    pub fn watch(&self, pid: u32) {
-        self.state.window.lock().unwrap().pid = pid;
+    /// The processes whose CPU times the round's marks read: the
+    /// contestant and, when known, the broker.
+    pub fn watch(&self, pid: u32, broker: Option<u32>) {
+        let mut window = self.state.window.lock().unwrap();
+        (window.pid, window.broker) = (pid, broker);
     }
 
     /// Returns once the round's n-th request has arrived.
