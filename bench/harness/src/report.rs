@@ -43,31 +43,18 @@ impl Report {
     fn figures(&self, contestant: Contestant) -> Option<Figures> {
         let (_, samples) = self.samples.iter().find(|(c, _)| *c == contestant)?;
         let rates: Vec<f64> = samples.iter().map(|s| s.rate).collect();
-        let cpu = samples
-            .iter()
-            .filter_map(|s| s.cpu_per_message)
-            .map(|s| s * 1e6)
-            .collect();
-        let median_of = |values: Vec<f64>| (!values.is_empty()).then(|| median(values));
+        // The median of a figure over the rounds that have it, scaled.
+        let median_of = |figure: fn(&Sample) -> Option<f64>, scale: f64| {
+            let values: Vec<f64> = samples.iter().filter_map(figure).map(|f| f * scale).collect();
+            (!values.is_empty()).then(|| median(values))
+        };
         Some(Figures {
             min: rates.iter().copied().fold(f64::INFINITY, f64::min),
             max: rates.iter().copied().fold(0.0, f64::max),
             rate: median(rates),
-            cpu_us: median(cpu),
-            broker_us: median_of(
-                samples
-                    .iter()
-                    .filter_map(|s| s.broker_cpu_per_message)
-                    .map(|s| s * 1e6)
-                    .collect(),
-            ),
-            machine_busy: median_of(
-                samples
-                    .iter()
-                    .filter_map(|s| s.machine_busy)
-                    .map(|s| s * 100.0)
-                    .collect(),
-            ),
+            cpu_us: median_of(|s| s.cpu_per_message, 1e6).unwrap_or(f64::NAN),
+            broker_us: median_of(|s| s.broker_cpu_per_message, 1e6),
+            machine_busy: median_of(|s| s.machine_busy, 100.0),
         })
     }
 
