@@ -54,7 +54,7 @@ pub async fn consume(
         .await
         .with_context(|| format!("route {name}: consuming {}", route.queue))?;
     let publisher = Publisher::new(connection.clone());
-    let (settler, settler_task) = Settler::start(channel.clone(), name.clone());
+    let (settler, settler_task) = Settler::start(channel.clone(), name.clone(), route.prefetch());
     let slots = Arc::new(Semaphore::new(usize::from(route.concurrency)));
     let mut in_flight = JoinSet::new();
     loop {
