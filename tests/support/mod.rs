@@ -401,6 +401,9 @@ pub struct Reply {
     pub body: String,
     /// How long to wait before answering.
     pub delay: Duration,
+    /// When set, the body is sent at once but ends only this much later
+    /// (chunked), as a server that streams its answer does.
+    pub body_ends_after: Option<Duration>,
 }
 
 impl Reply {
@@ -410,7 +413,13 @@ impl Reply {
             headers: Vec::new(),
             body: String::new(),
             delay: Duration::ZERO,
+            body_ends_after: None,
         }
+    }
+
+    pub fn ending_body_after(mut self, delay: Duration) -> Self {
+        self.body_ends_after = Some(delay);
+        self
     }
 
     pub fn after(mut self, delay: Duration) -> Self {
@@ -436,6 +445,8 @@ struct ServerState {
     script: VecDeque<Reply>,
     default: Option<Reply>,
     tokens_issued: u32,
+    /// TCP connections accepted.
+    connections: usize,
 }
 
 /// A real HTTP server on a free local port. It records every request and
@@ -453,8 +464,15 @@ impl HttpServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let app = axum::Router::new().fallback(record).with_state(state.clone());
+        let counted = state.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |_| counted.lock().unwrap().connections += 1);
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self { port, state }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
     }
 
     /// A base URL ending in `/`.
@@ -515,7 +533,18 @@ async fn record(
     for (name, value) in &reply.headers {
         response = response.header(name, value);
     }
-    response.body(axum::body::Body::from(reply.body)).unwrap()
+    let body = match reply.body_ends_after {
+        None => axum::body::Body::from(reply.body),
+        Some(delay) => {
+            let now = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(reply.body) });
+            let end_later = futures_util::stream::once(async move {
+                tokio::time::sleep(delay).await;
+                Ok(String::new())
+            });
+            axum::body::Body::from_stream(futures_util::StreamExt::chain(now, end_later))
+        }
+    };
+    response.body(body).unwrap()
 }
 
 fn next_reply(state: &mut ServerState, received: Received) -> Reply {
