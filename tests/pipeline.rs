@@ -510,3 +510,31 @@ async fn the_settler_acks_and_requeues_exactly_what_was_decided() {
     left.sort();
     assert_eq!(left, [0, 3, 5, 10, 15]);
 }
+
+/// A shop that answers with a body it finishes a little later (chunked,
+/// as a streaming server does): the body is read to its end, so the
+/// connection goes back to the pool and one carries every call. Dropped
+/// unread, it would be closed, and every call would open a new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_success_body_is_read_to_its_end_and_the_connection_reused() {
+    let setup = Setup::new().await;
+    let streamed = Reply::status(200)
+        .with_header("content-type", "application/json")
+        .with_body(r#"{"id": 11}"#)
+        .ending_body_after(Duration::from_millis(30));
+    setup.server.reply_always(Some(streamed));
+    let config = setup.config(QUICK_RETRY, "");
+    let _host = setup.start_host(&config).await;
+    for n in 1..=4 {
+        setup.publish_crm_account(&format!("crm-msg-{n}")).await;
+        setup.server.wait_for_calls(n, Duration::from_secs(30)).await;
+        // The answer's end, then the next message on an idle pool.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(setup.server.calls().len(), 4);
+    assert_eq!(
+        setup.server.connections(),
+        1,
+        "each call opened a connection of its own"
+    );
+}

@@ -266,6 +266,7 @@ async fn classify(
 ) -> Result<u16, DeliveryError> {
     let status = response.status();
     if status.is_success() {
+        read_to_its_end(response).await;
         return Ok(status.as_u16());
     }
     let retry_after = retry_after(response.headers());
@@ -278,6 +279,25 @@ async fn classify(
         status: Some(status.as_u16()),
         retry_after,
     })
+}
+
+/// How much of a success answer's body is read (and dropped) so that its
+/// connection can serve the next call.
+const SUCCESS_BODY_READ: usize = 64 << 10;
+
+/// Reads a success answer's body to its end, up to `SUCCESS_BODY_READ`:
+/// hyper puts a connection back in its pool only once the body was read,
+/// or had fully arrived when dropped, and closes it otherwise; a shop that
+/// streams its answer would then cost a new connection (and TLS session)
+/// per call. A longer or broken body just closes the connection.
+async fn read_to_its_end(mut response: reqwest::Response) {
+    let mut read = 0;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        read += chunk.len();
+        if read > SUCCESS_BODY_READ {
+            return;
+        }
+    }
 }
 
 /// The longest `Retry-After` honoured. A target may ask for any number of
