@@ -114,7 +114,7 @@ pub fn pool_size(config: &Config) -> PoolSize {
 /// What a route's transform runs with.
 pub fn context_for(route: &Route) -> RouteContext {
     RouteContext {
-        route: route.name.clone(),
+        route: route.name.as_str().into(),
         config: Arc::new(route.config.clone()),
         limits: route.limits.guest(),
     }

@@ -92,8 +92,8 @@ impl Transform {
 /// Per-route values a transform runs with.
 #[derive(Debug, Clone, Default)]
 pub struct RouteContext {
-    /// Route name, for logs.
-    pub route: String,
+    /// Route name, for logs (shared: every guest's state holds it).
+    pub route: Arc<str>,
     /// The route's `config` values, read by the guest through `host.config`.
     pub config: Arc<std::collections::BTreeMap<String, String>>,
     pub limits: GuestLimits,

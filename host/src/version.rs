@@ -3,6 +3,7 @@
 //! dead letters and logs can say exactly which mapping produced them.
 
 use std::fmt;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -10,14 +11,16 @@ use sha2::{Digest, Sha256};
 /// enough to read in a log line or an HTTP header.
 const SHORT_LEN: usize = 12;
 
+/// Shared text: a version is cloned into every message's outcome, failure
+/// and guest state, so a clone is a reference count, not a new string.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Version(String);
+pub struct Version(Arc<str>);
 
 impl Version {
     pub fn of(bytes: &[u8]) -> Self {
         let digest = Sha256::digest(bytes);
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        Self(hex[..SHORT_LEN].to_string())
+        Self(Arc::from(&hex[..SHORT_LEN]))
     }
 
     pub fn as_str(&self) -> &str {

@@ -67,8 +67,8 @@ pub struct GuestState {
     wasi: Option<LockedDownWasi>,
     table: ResourceTable,
     pub memory: MemoryCap,
-    route: String,
-    version: String,
+    route: Arc<str>,
+    version: Version,
     config: Arc<BTreeMap<String, String>>,
     log_lines: u32,
     log_line: usize,
@@ -82,7 +82,7 @@ impl GuestState {
             table: ResourceTable::new(),
             memory: MemoryCap::new(route.limits.memory),
             route: route.route.clone(),
-            version: version.to_string(),
+            version: version.clone(),
             config: route.config.clone(),
             log_lines: 0,
             log_line: route.limits.log_line,
@@ -146,7 +146,7 @@ impl host::Host for GuestState {
         if self.log_lines > MAX_LOG_LINES {
             return Ok(());
         }
-        let (route, version) = (self.route.as_str(), self.version.as_str());
+        let (route, version) = (&*self.route, self.version.as_str());
         match level {
             host::Level::Trace => tracing::trace!(route, version, "guest: {message}"),
             host::Level::Debug => tracing::debug!(route, version, "guest: {message}"),
