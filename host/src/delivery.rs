@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use prometheus_client::metrics::histogram::Histogram;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
@@ -117,6 +118,9 @@ struct EndpointClient {
     auth: Authenticator,
     breaker: Breaker,
     limiter: Limiter,
+    /// Each declared operation's histogram of calls answered 2xx, held so
+    /// that a success builds no labels (other outcomes look theirs up).
+    answered_2xx: BTreeMap<String, Histogram>,
 }
 
 impl Http {
@@ -130,7 +134,13 @@ impl Http {
                 // Checked when the configuration was read; a failure here is a bug.
                 let base_url = reqwest::Url::parse(&config.base_url)
                     .map_err(|e| anyhow::anyhow!("endpoints.{name}.base_url {}: {e}", redact_url(&config.base_url)))?;
+                let answered_2xx = config
+                    .operations
+                    .keys()
+                    .map(|operation| (operation.clone(), stats.http_seconds(name, operation, Some(200))))
+                    .collect();
                 let client = EndpointClient {
+                    answered_2xx,
                     auth: Authenticator::new(config.auth.clone()),
                     breaker: Breaker::new(name, config.breaker),
                     limiter: Limiter::new(config.pace()),
@@ -186,7 +196,11 @@ impl Http {
             Ok(status) => Some(*status),
             Err(error) => error.status,
         };
-        self.stats.http_called(endpoint, operation, status, started.elapsed());
+        let took = started.elapsed();
+        match (status, target.answered_2xx.get(operation)) {
+            (Some(200..=299), Some(histogram)) => histogram.observe(took.as_secs_f64()),
+            _ => self.stats.http_called(endpoint, operation, status, took),
+        }
         permit.settle(match &result {
             Err(error) if error.temporary => Outcome::Unavailable {
                 retry_after: error.retry_after,

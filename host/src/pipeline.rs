@@ -15,7 +15,7 @@ use crate::delivery::{CallContext, DeliveryError, Http};
 use crate::memory::{DropReason, Keys, RouteMemory};
 use crate::routes::RouteHandle;
 use crate::runtime::{Action, Message, Runtime, Transform, TransformFailure, bounded_reason};
-use crate::stats::{RetryKind, RouteCounters, Stats};
+use crate::stats::{RetryKind, RouteCounters, Stats, TransformTimer};
 use crate::trace::TraceContext;
 use crate::version::Version;
 
@@ -147,6 +147,7 @@ pub struct Pipeline {
     http: Arc<Http>,
     stats: Arc<Stats>,
     counters: RouteCounters,
+    transform_timer: TransformTimer,
     memory: RouteMemory,
 }
 
@@ -159,12 +160,14 @@ impl Pipeline {
         memory: RouteMemory,
     ) -> Self {
         let counters = stats.route_counters(&route.name);
+        let transform_timer = TransformTimer::new(&route.name);
         Self {
             route,
             runtime,
             http,
             stats,
             counters,
+            transform_timer,
             memory,
         }
     }
@@ -297,8 +300,7 @@ impl Pipeline {
         let version = &transform.version;
         let started = Instant::now();
         let ran = self.runtime.run(transform, &self.route.context, message).await;
-        self.stats
-            .transform_ran(self.name(), version.as_str(), started.elapsed());
+        self.transform_timer.observe(&self.stats, version, started.elapsed());
         if first_try {
             // A hand-off, never a wait: the shadow's whole cost to this path.
             self.route.shadow.offer(message, &ran, version);

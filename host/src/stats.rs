@@ -14,6 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::version::Version;
+
 /// How a message left the host after a temporary failure.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum RetryKind {
@@ -129,6 +131,38 @@ impl RouteCounters {
 
     pub fn delivered(&self) {
         self.delivered.inc();
+    }
+}
+
+/// The transform-duration histogram of the version a route runs now, held
+/// by its pipeline: a message's observation builds no labels; a swap
+/// (another version) looks the new one up once.
+pub struct TransformTimer {
+    route: String,
+    held: std::sync::Mutex<Option<(Version, Histogram)>>,
+}
+
+impl TransformTimer {
+    pub fn new(route: &str) -> Self {
+        Self {
+            route: route.to_string(),
+            held: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn observe(&self, stats: &Stats, version: &Version, took: Duration) {
+        let histogram = {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            match &*held {
+                Some((running, histogram)) if running == version => histogram.clone(),
+                _ => {
+                    let histogram = stats.transform_seconds(&self.route, version.as_str());
+                    *held = Some((version.clone(), histogram.clone()));
+                    histogram
+                }
+            }
+        };
+        histogram.observe(took.as_secs_f64());
     }
 }
 
@@ -293,18 +327,26 @@ impl Stats {
         self.dropped.get_or_create(&labels).inc();
     }
 
-    pub fn transform_ran(&self, route: &str, version: &str, took: Duration) {
+    /// The histogram of a route's transform runs with one version, for the
+    /// pipeline to hold while that version runs (see `TransformTimer`).
+    pub fn transform_seconds(&self, route: &str, version: &str) -> Histogram {
         let labels = VersionLabels {
             route: route.to_string(),
             version: version.to_string(),
         };
-        self.transform_seconds
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
+        self.transform_seconds.get_or_create(&labels).clone()
     }
 
     /// `status` is the HTTP status, or None when no answer came.
     pub fn http_called(&self, endpoint: &str, operation: &str, status: Option<u16>, took: Duration) {
+        self.http_seconds(endpoint, operation, status)
+            .observe(took.as_secs_f64());
+    }
+
+    /// The histogram of one operation's calls that ended with `status`'s
+    /// class; a client holds its 2xx one, so that the common case builds
+    /// no labels.
+    pub fn http_seconds(&self, endpoint: &str, operation: &str, status: Option<u16>) -> Histogram {
         let status_class = match status {
             Some(status) => format!("{}xx", status / 100),
             None => "error".to_string(),
@@ -314,7 +356,7 @@ impl Stats {
             operation: operation.to_string(),
             status_class,
         };
-        self.http_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+        self.http_seconds.get_or_create(&labels).clone()
     }
 
     pub fn breaker(&self, endpoint: &str, state: BreakerState) {
@@ -451,5 +493,22 @@ mod tests {
             "{text}"
         );
         assert_eq!(stats.route_counts("crm-to-shop").received, 2);
+    }
+
+    #[test]
+    fn a_held_transform_timer_counts_each_version_in_its_own_series() {
+        let stats = Stats::default();
+        let timer = TransformTimer::new("crm-to-shop");
+        let (v1, v2) = (Version::of(b"one"), Version::of(b"two"));
+        for version in [&v1, &v1, &v2, &v1] {
+            timer.observe(&stats, version, Duration::from_micros(20));
+        }
+        let text = stats.encode();
+        for (version, count) in [(&v1, 3), (&v2, 1)] {
+            let series = format!(
+                r#"passerelle_transform_duration_seconds_count{{route="crm-to-shop",version="{version}"}} {count}"#
+            );
+            assert!(text.contains(&series), "{series} in {text}");
+        }
     }
 }
