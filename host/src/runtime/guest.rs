@@ -157,6 +157,23 @@ impl host::Host for GuestState {
         Ok(())
     }
 
+    fn log_enabled(&mut self, level: host::Level) -> wasmtime::Result<bool> {
+        if level == host::Level::Error {
+            return Ok(true);
+        }
+        if self.log_lines >= MAX_LOG_LINES {
+            return Ok(false);
+        }
+        // The same callsite filter as the lines `log` writes (this module's
+        // target), so a guest is told yes exactly when its line would show.
+        Ok(match level {
+            host::Level::Trace => tracing::enabled!(tracing::Level::TRACE),
+            host::Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+            host::Level::Info => tracing::enabled!(tracing::Level::INFO),
+            host::Level::Warn | host::Level::Error => tracing::enabled!(tracing::Level::WARN),
+        })
+    }
+
     fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
         Ok(self.config.get(&key).cloned())
     }
@@ -237,6 +254,32 @@ pub fn headers_from_guest(headers: Vec<types::Header>) -> Vec<(String, String)> 
 mod tests {
     use super::*;
     use host::Host as _;
+
+    #[test]
+    fn a_level_is_enabled_when_its_line_would_be_kept() {
+        let at_info = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(std::io::sink)
+            .finish();
+        tracing::subscriber::with_default(at_info, || {
+            let mut state = GuestState::new(&RouteContext::default(), &Version::of(b"guest"));
+            let enabled = |state: &mut GuestState| {
+                [
+                    host::Level::Trace,
+                    host::Level::Debug,
+                    host::Level::Info,
+                    host::Level::Error,
+                ]
+                .map(|level| state.log_enabled(level).unwrap())
+            };
+            assert_eq!(enabled(&mut state), [false, false, true, true]);
+            for n in 0..MAX_LOG_LINES {
+                state.log(host::Level::Info, format!("line {n}")).unwrap();
+            }
+            // Over the cap only an error line is still read.
+            assert_eq!(enabled(&mut state), [false, false, false, true]);
+        });
+    }
 
     #[test]
     fn the_last_error_line_is_kept_past_the_line_cap() {
