@@ -165,3 +165,28 @@ async fn a_rust_log_that_is_not_a_filter_is_named_and_the_host_logs_at_info() {
     // Still at info, not filtered down to nothing.
     host.wait_for_log("connected to the broker", 1).await;
 }
+
+/// A guest asks the host whether a level is on before it formats a line
+/// (`host.log-enabled`): the shipped mapping's debug line is in the log
+/// with debug on (so the host said yes), and absent at info (the unit test
+/// in `runtime/guest.rs` shows the host says no there).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_s_debug_line_is_logged_only_with_debug_on() {
+    for (filter, expected) in [("passerelle=debug", true), ("passerelle=info", false)] {
+        let setup = Deployment::new().await;
+        let env: Vec<(&str, &str)> = TEST_SECRETS.iter().copied().chain([("RUST_LOG", filter)]).collect();
+        let mut host = Host::start_with_env(&setup.config("", ""), &env);
+        setup.broker.wait_for_consumers(&setup.crm_queue, 1).await;
+        setup.publish_accounts(0..1).await;
+        setup.server.wait_for_calls(1, Duration::from_secs(30)).await;
+        // Stopped, so that every line it wrote is in the file.
+        assert!(host.terminate().success(), "{}", host.log());
+        let line = "guest: account gg-0: status CLIENT_ACTIVE -> 70, country FR -> 76";
+        assert_eq!(
+            host.log().contains(line),
+            expected,
+            "RUST_LOG={filter}:\n{}",
+            host.log()
+        );
+    }
+}

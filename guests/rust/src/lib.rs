@@ -221,35 +221,49 @@ fn without_position(err: &serde_json::Error) -> String {
 /// Logging through the host: lines go to the host's log, tagged with the
 /// route and the transform's version. The host decides which levels it keeps.
 pub mod log {
+    //! Lines for the host's log, tagged with the route and the transform's
+    //! version. A line the host would drop (below its log level) is never
+    //! formatted: pass `format_args!(..)` rather than `&format!(..)`, and
+    //! a disabled `debug` costs one host call, not the formatting.
+
+    use std::fmt::Display;
+
     pub use crate::Level;
 
-    /// Logs `message` at `level`.
-    pub fn log(level: Level, message: &str) {
-        crate::bindings::passerelle::transform::host::log(level, message);
+    /// Whether the host keeps lines at `level` (always true for `Error`).
+    pub fn enabled(level: Level) -> bool {
+        crate::bindings::passerelle::transform::host::log_enabled(level)
+    }
+
+    /// Logs `message` at `level`, if the host keeps lines at that level.
+    pub fn log(level: Level, message: impl Display) {
+        if enabled(level) {
+            crate::bindings::passerelle::transform::host::log(level, &message.to_string());
+        }
     }
 
     /// Logs at trace level.
-    pub fn trace(message: &str) {
+    pub fn trace(message: impl Display) {
         log(Level::Trace, message);
     }
 
     /// Logs at debug level.
-    pub fn debug(message: &str) {
+    pub fn debug(message: impl Display) {
         log(Level::Debug, message);
     }
 
     /// Logs at info level.
-    pub fn info(message: &str) {
+    pub fn info(message: impl Display) {
         log(Level::Info, message);
     }
 
     /// Logs at warn level.
-    pub fn warn(message: &str) {
+    pub fn warn(message: impl Display) {
         log(Level::Warn, message);
     }
 
     /// Logs at error level.
-    pub fn error(message: &str) {
+    pub fn error(message: impl Display) {
         log(Level::Error, message);
     }
 }

@@ -52,7 +52,7 @@ fn map(msg: Message) -> Result<Vec<Action>, Failure> {
     let statuses = CodeTable::from_config("status_codes", &[("CLIENT_ACTIVE", 70)])?;
     let countries = CodeTable::from_config("country_ids", &[("FR", 76)])?;
     let args = upsert_business(&account, &statuses, &countries)?;
-    log::debug(&format!(
+    log::debug(format_args!(
         "account {}: status {} -> {}, country {} -> {}",
         account.id, account.status, args.status, account.country, args.country.id
     ));

@@ -53,7 +53,7 @@ fn map(msg: Message) -> Result<Vec<Action>, Failure> {
     let statuses = CodeTable::from_config("status_codes", &[("CLIENT_ACTIVE", 70)])?;
     let countries = CodeTable::from_config("country_ids", &[("FR", 76)])?;
     let args = update_account(&event, &statuses, &countries)?;
-    log::debug(&format!(
+    log::debug(format_args!(
         "business {}: status {} -> {}, country {} -> {}",
         event.crm_id, event.status, args.status, event.country.id, args.country
     ));

@@ -53,7 +53,7 @@ fn map(msg: Message) -> Result<Vec<Action>, Failure> {
     let defaults = [("CLIENT_ACTIVE", 70), ("CLIENT_INACTIVE", 80)];
     let statuses = CodeTable::from_config("status_codes", &defaults)?;
     let status = statuses.code("Status__c", &account.status)?;
-    log::debug(&format!("account {}: status {status}", account.id));
+    log::debug(format_args!("account {}: status {status}", account.id));
     let business = Business {
         name: &account.name,
     };
