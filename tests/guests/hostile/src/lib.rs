@@ -43,7 +43,7 @@ fn turn(msg: Message) -> Result<Vec<Action>, Failure> {
         Order::HugeArgs { bytes } => Ok(vec![put(&json!({ "id": "huge", "value": "x".repeat(bytes) }))?]),
         Order::HugeReject { bytes } => Err(reject("r".repeat(bytes))),
         Order::HugeLog { bytes } => {
-            log::info(&"l".repeat(bytes));
+            log::info("l".repeat(bytes));
             Ok(vec![put(&json!({ "id": "after-huge-log" }))?])
         }
         Order::DeepArgs { depth } => {
