@@ -219,13 +219,10 @@ fn without_position(err: &serde_json::Error) -> String {
 }
 
 /// Logging through the host: lines go to the host's log, tagged with the
-/// route and the transform's version. The host decides which levels it keeps.
+/// route and the transform's version. The host decides which levels it keeps,
+/// and a line it would drop is never formatted: pass `format_args!(..)`
+/// rather than `&format!(..)`, and a disabled `debug` costs one host call.
 pub mod log {
-    //! Lines for the host's log, tagged with the route and the transform's
-    //! version. A line the host would drop (below its log level) is never
-    //! formatted: pass `format_args!(..)` rather than `&format!(..)`, and
-    //! a disabled `debug` costs one host call, not the formatting.
-
     use std::fmt::Display;
 
     pub use crate::Level;
@@ -298,8 +295,8 @@ pub fn __run(function: fn(Message) -> Result<Vec<Action>, Failure>, msg: Message
         std::panic::set_hook(Box::new(|info| {
             let message = info.payload_as_str().unwrap_or("(no message)");
             match info.location() {
-                Some(at) => log::error(&format!("panic: {message} (at {at})")),
-                None => log::error(&format!("panic: {message}")),
+                Some(at) => log::error(format_args!("panic: {message} (at {at})")),
+                None => log::error(format_args!("panic: {message}")),
             }
         }));
     });
