@@ -23,7 +23,8 @@ function map(msg) {
   const countries = CodeTable.fromConfig("country_ids", { FR: 76 });
   const args = upsertBusiness(account, statuses, countries);
   log.debug(
-    `account ${account.Id}: status ${account.Status__c} -> ${args.status}, country ${account.Country__c} -> ${args.country.id}`,
+    () =>
+      `account ${account.Id}: status ${account.Status__c} -> ${args.status}, country ${account.Country__c} -> ${args.country.id}`,
   );
   return [call("shop", "upsertBusiness", args)];
 }

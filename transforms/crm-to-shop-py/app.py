@@ -34,7 +34,7 @@ def map_account(msg: Message) -> list:
     countries = CodeTable.from_config("country_ids", {"FR": 76})
     args = upsert_business(account, statuses, countries)
     log.debug(
-        f"account {account.Id}: status {account.Status__c} -> {args['status']}, "
+        lambda: f"account {account.Id}: status {account.Status__c} -> {args['status']}, "
         f"country {account.Country__c} -> {args['country']['id']}"
     )
     return [call("shop", "upsertBusiness", args)]

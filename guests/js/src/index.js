@@ -37,14 +37,25 @@ export { decodeJson, mapOf } from "./decode.js";
 export { Failure, reject, retry } from "./failure.js";
 export { lastWords } from "./crash.js";
 
-/** Logging through the host: lines go to its log, tagged with the route and the transform's version. */
+/**
+ * Logging through the host: lines go to its log, tagged with the route and the
+ * transform's version. A line the host would drop (below its log level) is not
+ * sent, and a function given instead of a message is not even called:
+ * `log.debug(() => \`account ${JSON.stringify(account)}\`)`.
+ */
 export const log = {
-  trace: (message) => host.log("trace", String(message)),
-  debug: (message) => host.log("debug", String(message)),
-  info: (message) => host.log("info", String(message)),
-  warn: (message) => host.log("warn", String(message)),
-  error: (message) => host.log("error", String(message)),
+  /** Whether the host keeps lines at `level` (always true for "error"). */
+  enabled: (level) => host.logEnabled(level),
+  trace: (message) => emit("trace", message),
+  debug: (message) => emit("debug", message),
+  info: (message) => emit("info", message),
+  warn: (message) => emit("warn", message),
+  error: (message) => emit("error", message),
 };
+
+function emit(level, message) {
+  if (host.logEnabled(level)) host.log(level, String(typeof message === "function" ? message() : message));
+}
 
 /** This route's configuration value for `key`, as configured; undefined when absent. */
 export function config(key) {
@@ -172,13 +183,14 @@ function describe(value) {
     return String(value);
   }
 }
+// The arguments are described (JSON) only when the level is kept.
 Object.assign(globalThis.console, {
-  trace: (...args) => log.trace(line(args)),
-  debug: (...args) => log.debug(line(args)),
-  log: (...args) => log.info(line(args)),
-  info: (...args) => log.info(line(args)),
-  warn: (...args) => log.warn(line(args)),
-  error: (...args) => log.error(line(args)),
+  trace: (...args) => log.trace(() => line(args)),
+  debug: (...args) => log.debug(() => line(args)),
+  log: (...args) => log.info(() => line(args)),
+  info: (...args) => log.info(() => line(args)),
+  warn: (...args) => log.warn(() => line(args)),
+  error: (...args) => log.error(() => line(args)),
 });
 
 installSandbox(DISABLED_FEATURES);

@@ -9,6 +9,14 @@ export function log(level, message) {
   lines.push([level, message]);
 }
 
+// The levels the stand-in host keeps: the tests set it (info and up by default).
+export const kept = new Set(["info", "warn", "error"]);
+
+export function logEnabled(level) {
+  if (!["trace", "debug", "info", "warn", "error"].includes(level)) throw new TypeError(`not a level: ${level}`);
+  return kept.has(level);
+}
+
 export function config(key) {
   return values.get(key);
 }

@@ -4,8 +4,8 @@
 import assert from "node:assert/strict";
 import { beforeEach, test } from "node:test";
 
-import { lines, values } from "./fake-host.js";
-import { asTransform, call, CodeTable, configJson, reject, retry } from "../src/index.js";
+import { kept, lines, values } from "./fake-host.js";
+import { asTransform, call, CodeTable, configJson, log, reject, retry } from "../src/index.js";
 import { lastWords } from "../src/crash.js";
 
 const raw = (body) => ({
@@ -102,6 +102,30 @@ test("console goes to the host's log", () => {
     ["info", 'hello {"a":1}'],
     ["error", "bad"],
   ]);
+});
+
+test("a level the host drops is neither sent nor formatted", () => {
+  let formatted = 0;
+  const message = () => {
+    formatted += 1;
+    return "account gg-11";
+  };
+  log.debug(message);
+  console.debug("seen", { a: 1 });
+  assert.deepEqual([lines, formatted], [[], 0]);
+  assert.equal(log.enabled("debug"), false);
+  kept.add("debug");
+  try {
+    log.debug(message);
+    console.debug("seen", { a: 1 });
+    assert.deepEqual(lines, [
+      ["debug", "account gg-11"],
+      ["debug", 'seen {"a":1}'],
+    ]);
+    assert.equal(formatted, 1);
+  } finally {
+    kept.delete("debug");
+  }
 });
 
 test("config tables and values", () => {

@@ -79,9 +79,14 @@ class Host:
     def __init__(self):
         self.lines = []
         self.values = {}
+        # The levels this host keeps: the tests change it (info and up by default).
+        self.kept = {Level.INFO, Level.WARN, Level.ERROR}
 
     def log(self, level, message):
         self.lines.append((level.name.lower(), message))
+
+    def log_enabled(self, level):
+        return level in self.kept
 
     def config(self, key):
         return self.values.get(key)
@@ -102,6 +107,7 @@ def install():
     host = pytypes.ModuleType("wit_world.imports.host")
     host.Level = Level
     host.log = lambda level, message: HOST.log(level, message)
+    host.log_enabled = lambda level: HOST.log_enabled(level)
     host.config = lambda key: HOST.config(key)
     imports = pytypes.ModuleType("wit_world.imports")
     imports.types, imports.host = types, host

@@ -12,7 +12,7 @@ import fake_world  # noqa: E402
 
 HOST = fake_world.install()
 
-from passerelle_guest import CodeTable, as_transform, call, config_json, publish, reject, retry  # noqa: E402
+from passerelle_guest import CodeTable, as_transform, call, config_json, log, publish, reject, retry  # noqa: E402
 
 
 def message(body: bytes):
@@ -85,6 +85,25 @@ class TransformTest(unittest.TestCase):
 
         self.assertEqual(self.run_transform(run), [])
         self.assertEqual(HOST.lines, [("info", "hello world"), ("info", "partial")])
+
+    def test_a_level_the_host_drops_is_neither_sent_nor_formatted(self):
+        formatted = []
+
+        def message():
+            formatted.append(1)
+            return "account gg-11"
+
+        log.debug(message)
+        self.assertEqual((HOST.lines, formatted), ([], []))
+        self.assertFalse(log.enabled(fake_world.Level.DEBUG))
+        HOST.kept.add(fake_world.Level.DEBUG)
+        try:
+            log.debug(message)
+            log.debug("plain")
+            self.assertEqual(HOST.lines, [("debug", "account gg-11"), ("debug", "plain")])
+            self.assertEqual(len(formatted), 1)
+        finally:
+            HOST.kept.discard(fake_world.Level.DEBUG)
 
     def test_config_tables_and_values(self):
         HOST.values["status_codes"] = '{"PROSPECT": 10}'
