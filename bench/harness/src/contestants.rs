@@ -6,7 +6,7 @@
 //! reports its own window: first delivery to N-th ack), so a contestant's
 //! start-up is not counted; Passerelle's start-up is measured apart.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, ensure};
@@ -147,8 +147,15 @@ impl Arena<'_> {
         self.server.watch(service.pid(), self.broker_pid);
         let profiler = self.profile(contestant, &mut service, round).await?;
         self.wait_delivered(contestant, &mut service).await?;
-        if let Some(mut profiler) = profiler {
+        if let (Some(mut profiler), Some(dir)) = (profiler, &self.profile) {
             profiler.signal_and_wait(libc::SIGINT).await?;
+            let data = profile_data(dir, contestant, round);
+            ensure!(
+                data.is_file(),
+                "perf record wrote no {}{}",
+                data.display(),
+                profiler.log_tail()
+            );
         }
         let peak_rss = match contestant {
             Contestant::Passerelle => peak_rss(service.pid()),
@@ -247,8 +254,12 @@ impl Arena<'_> {
             .args(["record", "-F", "999", "--call-graph", "dwarf,16384", "-p"])
             .arg(service.pid().to_string())
             .arg("-o")
-            .arg(dir.join(format!("{}-round-{round}.perf.data", contestant.key())));
+            .arg(profile_data(dir, contestant, round));
         let log = self.logs.join(format!("perf-{}-round-{round}.log", contestant.key()));
         Ok(Some(Service::start("perf record", command, &log, false)?))
     }
+}
+/// Where `perf record` writes a round's profile, in the `--profile` folder.
+fn profile_data(dir: &Path, contestant: Contestant, round: usize) -> PathBuf {
+    dir.join(format!("{}-round-{round}.perf.data", contestant.key()))
 }

@@ -85,7 +85,15 @@ impl Settings {
                     }
                     settings.contestants = keys.split(',').map(Contestant::parse).collect::<Result<_, _>>()?;
                 }
-                "--profile" => settings.profile = Some(PathBuf::from(value()?)),
+                "--profile" => {
+                    let dir = PathBuf::from(value()?);
+                    std::fs::create_dir_all(&dir).with_context(|| format!("--profile {}", dir.display()))?;
+                    settings.profile = Some(dir);
+                }
+                "--help" | "-h" => {
+                    println!("{USAGE}");
+                    std::process::exit(0);
+                }
                 "--guest" => {
                     settings.guest = match value()?.as_str() {
                         "rust" => "crm-to-shop",
