@@ -259,6 +259,7 @@ impl Arena<'_> {
         Ok(Some(Service::start("perf record", command, &log, false)?))
     }
 }
+
 /// Where `perf record` writes a round's profile, in the `--profile` folder.
 fn profile_data(dir: &Path, contestant: Contestant, round: usize) -> PathBuf {
     dir.join(format!("{}-round-{round}.perf.data", contestant.key()))

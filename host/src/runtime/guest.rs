@@ -102,6 +102,11 @@ impl GuestState {
         let text = text.trim();
         (!text.is_empty()).then(|| cut(text, self.log_line).into_owned())
     }
+
+    /// Whether this message's next log line is past the cap (and dropped).
+    fn line_cap_reached(&self) -> bool {
+        self.log_lines >= MAX_LOG_LINES
+    }
 }
 
 impl WasiView for GuestState {
@@ -142,8 +147,9 @@ impl host::Host for GuestState {
         if level == host::Level::Error {
             self.last_error_log = Some(message.clone().into_owned());
         }
+        let over_cap = self.line_cap_reached();
         self.log_lines += 1;
-        if self.log_lines > MAX_LOG_LINES {
+        if over_cap {
             return Ok(());
         }
         let (route, version) = (&*self.route, self.version.as_str());
@@ -161,7 +167,7 @@ impl host::Host for GuestState {
         if level == host::Level::Error {
             return Ok(true);
         }
-        if self.log_lines >= MAX_LOG_LINES {
+        if self.line_cap_reached() {
             return Ok(false);
         }
         // The same callsite filter as the lines `log` writes (this module's
