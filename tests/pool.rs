@@ -2,13 +2,21 @@
 //! full pool makes messages wait for a slot instead of failing, a reused
 //! slot starts clean (no state of one message is visible to the next), and
 //! the time and memory limits still hold, also after the host sat idle,
-//! and a guest waiting in a WASI call is stopped in wall time.
+//! and a guest waiting in a WASI call is stopped in wall time. And the
+//! lane the live path runs its transforms in (`runtime::Lane`): many
+//! messages at once each get their own answer from their own instance, and
+//! a guest that runs to its time limit, or waits in a WASI call, does not
+//! hold up the messages behind it.
 
 mod support;
 
 use std::time::Duration;
 
-use passerelle::runtime::{GuestLimits, Message, PoolSize, RouteContext, Runtime, Transform, TransformFailure};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt as _};
+use passerelle::runtime::{
+    Action, GuestLimits, Lane, Message, PoolSize, RouteContext, Runtime, Transform, TransformFailure,
+};
 use support::{CRM_ACCOUNT, fixture, transform};
 
 const MEMORY: usize = 16 << 20;
@@ -156,4 +164,83 @@ fn run_apart(
         let _ = outcome_tx.send(tokio.block_on(runtime.run(&transform, &route(), &message)));
     });
     outcome_rx
+}
+
+/// A CRM account of its own for each `n`.
+fn account(n: usize) -> Message {
+    let body =
+        format!(r#"{{"Id": "gg-{n}", "Name": "Account {n}", "Status__c": "CLIENT_ACTIVE", "Country__c": "FR"}}"#);
+    Message {
+        body: body.into_bytes(),
+        ..Default::default()
+    }
+}
+
+/// The CRM id of crm-to-shop's one call.
+fn crm_id(actions: &[Action]) -> String {
+    match actions {
+        [Action::Call { args, .. }] => args["crmId"].as_str().unwrap_or_default().to_string(),
+        other => panic!("crm-to-shop gave {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_message_in_the_lane_gets_its_own_answer() {
+    // Fewer slots than messages: some wait in the lane for an instance.
+    let runtime = pooled(4);
+    let lane = Lane::start(runtime.clone());
+    let good = load(&runtime, transform("crm-to-shop"));
+    let route = route();
+    let messages: Vec<Message> = (0..64).map(account).collect();
+    let answers = futures_util::future::join_all(messages.iter().map(|message| lane.run(&good, &route, message))).await;
+    for (n, ran) in answers.into_iter().enumerate() {
+        let actions = ran.outcome.unwrap_or_else(|failure| panic!("message {n}: {failure:?}"));
+        assert_eq!(crm_id(&actions), format!("gg-{n}"), "message {n} got another's answer");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_at_its_time_limit_does_not_hold_up_the_lane() {
+    let runtime = pooled(8);
+    let lane = Lane::start(runtime.clone());
+    let (good, looping) = (
+        load(&runtime, transform("crm-to-shop")),
+        load(&runtime, fixture("looping")),
+    );
+    let hostile = load(&runtime, fixture("hostile"));
+    let route = route();
+    let sleeping = Message {
+        body: br#"{"do": "sleep", "millis": 3600000}"#.to_vec(),
+        ..Default::default()
+    };
+    let (first, messages): (Message, Vec<Message>) = (account(0), (0..20).map(account).collect());
+
+    // The slow ones first: then every good message is behind them.
+    let mut runs = FuturesUnordered::new();
+    runs.push(async { ("looping", lane.run(&looping, &route, &first).await) }.boxed_local());
+    runs.push(async { ("sleeping", lane.run(&hostile, &route, &sleeping).await) }.boxed_local());
+    for message in &messages {
+        runs.push(async { ("good", lane.run(&good, &route, message).await) }.boxed_local());
+    }
+    let mut finished = Vec::new();
+    while let Some((name, ran)) = runs.next().await {
+        match name {
+            "good" => assert_eq!(ran.outcome.map(|actions| actions.len()), Ok(1)),
+            slow => assert!(
+                ran.outcome
+                    .as_ref()
+                    .is_err_and(|failure| failure.reason().contains("time limit")),
+                "{slow}: {:?}",
+                ran.outcome
+            ),
+        }
+        finished.push(name);
+    }
+    // Both slow guests ran for their whole limit; every good message was
+    // answered before either of them.
+    assert_eq!(finished.len(), 22);
+    assert!(
+        finished[..20].iter().all(|name| *name == "good"),
+        "finished in this order: {finished:?}"
+    );
 }

@@ -10,6 +10,7 @@
 mod bounds;
 mod cache;
 mod guest;
+mod lane;
 mod ticker;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use ticker::{EPOCH_TICK, Ticker};
 pub use bounds::bounded_reason;
 pub use cache::{ComponentCache, write_atomically};
 pub use guest::GuestLimits;
+pub use lane::{Lane, Ran};
 
 /// Set (to anything) to have compiled guest code listed in
 /// `/tmp/perf-<pid>.map`, so that `perf report` names the guests' functions.
