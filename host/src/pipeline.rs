@@ -6,7 +6,7 @@
 //! (ack, copies, confirms) is `amqp::consumer`'s.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng as _;
 
@@ -14,7 +14,7 @@ use crate::amqp::{Publisher, headers};
 use crate::delivery::{CallContext, DeliveryError, Http};
 use crate::memory::{DropReason, Keys, RouteMemory};
 use crate::routes::RouteHandle;
-use crate::runtime::{Action, Message, Runtime, Transform, TransformFailure, bounded_reason};
+use crate::runtime::{Action, Lane, Message, Ran, Transform, TransformFailure, bounded_reason};
 use crate::stats::{RetryKind, RouteCounters, Stats, TransformTimer};
 use crate::trace::TraceContext;
 use crate::version::Version;
@@ -143,7 +143,8 @@ pub enum Outcome {
 /// What the route's workers share.
 pub struct Pipeline {
     pub route: Arc<RouteHandle>,
-    runtime: Runtime,
+    /// Where its transforms run (shared by every route of the host).
+    lane: Lane,
     http: Arc<Http>,
     stats: Arc<Stats>,
     counters: RouteCounters,
@@ -152,18 +153,12 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(
-        route: Arc<RouteHandle>,
-        runtime: Runtime,
-        http: Arc<Http>,
-        stats: Arc<Stats>,
-        memory: RouteMemory,
-    ) -> Self {
+    pub fn new(route: Arc<RouteHandle>, lane: Lane, http: Arc<Http>, stats: Arc<Stats>, memory: RouteMemory) -> Self {
         let counters = stats.route_counters(&route.name);
         let transform_timer = TransformTimer::new(&route.name);
         Self {
             route,
-            runtime,
+            lane,
             http,
             stats,
             counters,
@@ -298,9 +293,8 @@ impl Pipeline {
         first_try: bool,
     ) -> Result<Vec<Action>, Failure> {
         let version = &transform.version;
-        let started = Instant::now();
-        let ran = self.runtime.run(transform, &self.route.context, message).await;
-        self.transform_timer.observe(&self.stats, version, started.elapsed());
+        let Ran { outcome: ran, took } = self.lane.run(transform, &self.route.context, message).await;
+        self.transform_timer.observe(&self.stats, version, took);
         if first_try {
             // A hand-off, never a wait: the shadow's whole cost to this path.
             self.route.shadow.offer(message, &ran, version);
