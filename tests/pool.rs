@@ -3,10 +3,11 @@
 //! slot starts clean (no state of one message is visible to the next), and
 //! the time and memory limits still hold, also after the host sat idle,
 //! and a guest waiting in a WASI call is stopped in wall time. And the
-//! lane the live path runs its transforms in (`runtime::Lane`): many
-//! messages at once each get their own answer from their own instance, and
-//! a guest that runs to its time limit, or waits in a WASI call, does not
-//! hold up the messages behind it.
+//! lanes the live path runs its transforms in (`runtime::Lanes`): many
+//! messages at once each get their own answer from their own instance, a
+//! guest that runs to its time limit, or waits in a WASI call, does not
+//! hold up the messages behind it in its lane, and a lane that falls behind
+//! sends the next messages to another.
 
 mod support;
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt as _, StreamExt as _};
 use passerelle::runtime::{
-    Action, GuestLimits, Lane, Message, PoolSize, RouteContext, Runtime, Transform, TransformFailure,
+    Action, GuestLimits, Lanes, Message, PoolSize, RouteContext, Runtime, Transform, TransformFailure,
 };
 use support::{CRM_ACCOUNT, fixture, transform};
 
@@ -188,11 +189,12 @@ fn crm_id(actions: &[Action]) -> String {
 async fn each_message_in_the_lane_gets_its_own_answer() {
     // Fewer slots than messages: some wait in the lane for an instance.
     let runtime = pooled(4);
-    let lane = Lane::start(runtime.clone());
+    let lanes = Lanes::start(runtime.clone());
     let good = load(&runtime, transform("crm-to-shop"));
     let route = route();
     let messages: Vec<Message> = (0..64).map(account).collect();
-    let answers = futures_util::future::join_all(messages.iter().map(|message| lane.run(&good, &route, message))).await;
+    let answers =
+        futures_util::future::join_all(messages.iter().map(|message| lanes.run(&good, &route, message))).await;
     for (n, ran) in answers.into_iter().enumerate() {
         let actions = ran.outcome.unwrap_or_else(|failure| panic!("message {n}: {failure:?}"));
         assert_eq!(crm_id(&actions), format!("gg-{n}"), "message {n} got another's answer");
@@ -202,7 +204,8 @@ async fn each_message_in_the_lane_gets_its_own_answer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_at_its_time_limit_does_not_hold_up_the_lane() {
     let runtime = pooled(8);
-    let lane = Lane::start(runtime.clone());
+    // One lane: the slow guests and the good ones all share it.
+    let lane = Lanes::with_lanes(runtime.clone(), 1);
     let (good, looping) = (
         load(&runtime, transform("crm-to-shop")),
         load(&runtime, fixture("looping")),
@@ -243,4 +246,43 @@ async fn a_guest_at_its_time_limit_does_not_hold_up_the_lane() {
         finished[..20].iter().all(|name| *name == "good"),
         "finished in this order: {finished:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lane_that_falls_behind_sends_the_next_messages_to_another() {
+    let runtime = pooled(16);
+    let lanes = Lanes::with_lanes(runtime.clone(), 2);
+    let (good, looping) = (
+        load(&runtime, transform("crm-to-shop")),
+        load(&runtime, fixture("looping")),
+    );
+    let route = route();
+    let message = account(1);
+    // Idle: the first lane.
+    assert_eq!(lanes.run(&good, &route, &message).await.lane, 0);
+
+    // Ten guests that take their whole time limit, a tick at a time, all in
+    // the first lane (it kept up until now): a message behind them waits a
+    // round of ten ticks, twice SPILL_AFTER.
+    let mut short = route.clone();
+    short.limits.time = Duration::from_millis(100);
+    let busy = futures_util::future::join_all((0..10).map(|_| lanes.run(&looping, &short, &message)));
+    let answered_meanwhile = async {
+        let mut lanes_used = Vec::new();
+        for _ in 0..5 {
+            let ran = lanes.run(&good, &route, &message).await;
+            assert_eq!(ran.outcome.map(|actions| actions.len()), Ok(1));
+            lanes_used.push(ran.lane);
+        }
+        lanes_used
+    };
+    let (busy, lanes_used) = tokio::join!(busy, answered_meanwhile);
+    assert!(busy.iter().all(|ran| ran.lane == 0 && ran.outcome.is_err()), "{busy:?}");
+    assert!(
+        lanes_used.contains(&1),
+        "every message waited in the busy lane: {lanes_used:?}"
+    );
+
+    // Idle again: back to the first lane.
+    assert_eq!(lanes.run(&good, &route, &message).await.lane, 0);
 }

@@ -24,7 +24,7 @@ use crate::memory::Memory;
 use crate::pipeline::Pipeline;
 use crate::reload::{self, Reloader, fleet};
 use crate::routes::{self, RouteHandle};
-use crate::runtime::{Lane, Runtime};
+use crate::runtime::{Lanes, Runtime};
 use crate::stats::Stats;
 
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
@@ -258,13 +258,13 @@ async fn serve(
         deploys_seen.clone(),
         shutdown.clone(),
     ));
-    // One lane for every route: transforms that arrive together run
+    // Lanes shared by every route: transforms that arrive together run
     // together, whichever route they come from.
-    let lane = Lane::start(parts.reloader.runtime.clone());
+    let lanes = Lanes::start(parts.reloader.runtime.clone());
     for route in &parts.routes {
         let pipeline = Pipeline::new(
             route.clone(),
-            lane.clone(),
+            lanes.clone(),
             parts.http.clone(),
             parts.stats.clone(),
             parts.memory.of(&route.name),

@@ -14,7 +14,7 @@ use crate::amqp::{Publisher, headers};
 use crate::delivery::{CallContext, DeliveryError, Http};
 use crate::memory::{DropReason, Keys, RouteMemory};
 use crate::routes::RouteHandle;
-use crate::runtime::{Action, Lane, Message, Ran, Transform, TransformFailure, bounded_reason};
+use crate::runtime::{Action, Lanes, Message, Ran, Transform, TransformFailure, bounded_reason};
 use crate::stats::{RetryKind, RouteCounters, Stats, TransformTimer};
 use crate::trace::TraceContext;
 use crate::version::Version;
@@ -144,7 +144,7 @@ pub enum Outcome {
 pub struct Pipeline {
     pub route: Arc<RouteHandle>,
     /// Where its transforms run (shared by every route of the host).
-    lane: Lane,
+    lanes: Lanes,
     http: Arc<Http>,
     stats: Arc<Stats>,
     counters: RouteCounters,
@@ -153,12 +153,12 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(route: Arc<RouteHandle>, lane: Lane, http: Arc<Http>, stats: Arc<Stats>, memory: RouteMemory) -> Self {
+    pub fn new(route: Arc<RouteHandle>, lanes: Lanes, http: Arc<Http>, stats: Arc<Stats>, memory: RouteMemory) -> Self {
         let counters = stats.route_counters(&route.name);
         let transform_timer = TransformTimer::new(&route.name);
         Self {
             route,
-            lane,
+            lanes,
             http,
             stats,
             counters,
@@ -293,7 +293,7 @@ impl Pipeline {
         first_try: bool,
     ) -> Result<Vec<Action>, Failure> {
         let version = &transform.version;
-        let Ran { outcome: ran, took } = self.lane.run(transform, &self.route.context, message).await;
+        let Ran { outcome: ran, took, .. } = self.lanes.run(transform, &self.route.context, message).await;
         self.transform_timer.observe(&self.stats, version, took);
         if first_try {
             // A hand-off, never a wait: the shadow's whole cost to this path.

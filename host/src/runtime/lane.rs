@@ -1,5 +1,5 @@
-//! The sandbox lane: the live path's transforms run back to back in one
-//! task, instead of each in its own message's task.
+//! The sandbox lanes: the live path's transforms run back to back in a
+//! lane's task, instead of each in its own message's task.
 //!
 //! A transform touches a lot of code and data (wasmtime's instantiation,
 //! the guest's machine code, its slot's pages), and so do the HTTP client
@@ -17,8 +17,17 @@
 //! lane runs the others between its slices. The queue needs no bound: each
 //! message task puts one job in and waits for its answer, so the route's
 //! concurrency bounds it.
+//!
+//! A lane is one task, so it uses one core at a time. There are as many
+//! lanes as cores, and a job goes to the first lane that keeps up (idle,
+//! or its last job waited less than `SPILL_AFTER`): light transforms stay
+//! together in the first lane, heavy ones (a JavaScript or Python guest at
+//! full load) spill into the next lanes and use every core.
 
+use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
@@ -28,19 +37,48 @@ use tracing::Instrument as _;
 
 use super::{Action, Message, RouteContext, Runtime, Transform, TransformFailure};
 
-/// Where the live path sends its transforms; cheap to clone. The lane's
+/// A lane whose last job waited this long before it ran is behind: the
+/// next job tries the next lane. Well above what a burst of light
+/// transforms makes a job wait (64 messages of the shipped mapping: about
+/// 1 ms), well below what heavy ones do.
+pub const SPILL_AFTER: Duration = Duration::from_millis(5);
+
+/// Where the live path sends its transforms; cheap to clone. Each lane's
 /// task ends once every clone is gone and its last transforms are done.
 #[derive(Clone)]
-pub struct Lane {
-    jobs: mpsc::UnboundedSender<Job>,
+pub struct Lanes {
+    lanes: Arc<[Lane]>,
 }
 
-/// One transform's outcome, and how long it ran (without the wait for the
-/// lane: that is not the transform's time).
+struct Lane {
+    jobs: mpsc::UnboundedSender<Job>,
+    load: Arc<Load>,
+}
+
+/// What a sender needs to know to choose a lane.
+#[derive(Default)]
+struct Load {
+    /// Jobs sent and not finished.
+    in_flight: AtomicUsize,
+    /// How long the lane's latest job to start had waited for it.
+    last_wait_micros: AtomicU64,
+}
+
+impl Load {
+    fn keeps_up(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            || self.last_wait_micros.load(Ordering::Relaxed) < SPILL_AFTER.as_micros() as u64
+    }
+}
+
+/// One transform's outcome, how long it ran (without the wait for the
+/// lane: that is not the transform's time), and which lane ran it.
 #[derive(Debug)]
 pub struct Ran {
     pub outcome: Result<Vec<Action>, TransformFailure>,
     pub took: Duration,
+    /// 0 unless the first lanes were behind.
+    pub lane: usize,
 }
 
 struct Job {
@@ -49,40 +87,74 @@ struct Job {
     message: Message,
     /// The message's span, so that the guest's log lines name its message.
     span: tracing::Span,
+    sent: Instant,
+    lane: usize,
+    load: Arc<Load>,
     done: oneshot::Sender<Ran>,
 }
 
-impl Lane {
-    /// Starts the lane's task on the current tokio runtime.
+impl Lanes {
+    /// Starts one lane per core on the current tokio runtime.
     pub fn start(runtime: Runtime) -> Self {
-        let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(serve(runtime, queue));
-        Self { jobs }
+        let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        Self::with_lanes(runtime, cores)
     }
 
-    /// Runs one message through a fresh instance of `transform`, in the lane.
+    /// Starts `count` lanes (at least one).
+    pub fn with_lanes(runtime: Runtime, count: usize) -> Self {
+        let lanes = (0..count.max(1))
+            .map(|_| {
+                let (jobs, queue) = mpsc::unbounded_channel();
+                tokio::spawn(serve(runtime.clone(), queue));
+                Lane {
+                    jobs,
+                    load: Arc::default(),
+                }
+            })
+            .collect();
+        Self { lanes }
+    }
+
+    /// Runs one message through a fresh instance of `transform`, in the
+    /// first lane that keeps up (else the least behind).
     pub async fn run(&self, transform: &Transform, route: &RouteContext, message: &Message) -> Ran {
+        let (index, lane) = self.choose();
         let (done, ran) = oneshot::channel();
         let job = Job {
             transform: transform.clone(),
             route: route.clone(),
             message: message.clone(),
             span: tracing::Span::current(),
+            sent: Instant::now(),
+            lane: index,
+            load: lane.load.clone(),
             done,
         };
-        if self.jobs.send(job).is_err() {
-            return stopped("the sandbox lane has stopped");
+        lane.load.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Err(unsent) = lane.jobs.send(job) {
+            unsent.0.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return stopped("the sandbox lane has stopped", index);
         }
         // Dropped unanswered only if the host code around the guest panicked.
         ran.await
-            .unwrap_or_else(|_| stopped("the sandbox failed while running the transform"))
+            .unwrap_or_else(|_| stopped("the sandbox failed while running the transform", index))
+    }
+
+    fn choose(&self) -> (usize, &Lane) {
+        let lanes = self.lanes.iter().enumerate();
+        lanes.clone().find(|(_, lane)| lane.load.keeps_up()).unwrap_or_else(|| {
+            lanes
+                .min_by_key(|(_, lane)| lane.load.last_wait_micros.load(Ordering::Relaxed))
+                .expect("at least one lane")
+        })
     }
 }
 
-fn stopped(reason: &str) -> Ran {
+fn stopped(reason: &str, lane: usize) -> Ran {
     Ran {
         outcome: Err(TransformFailure::Trap(reason.into())),
         took: Duration::ZERO,
+        lane,
     }
 }
 
@@ -105,16 +177,22 @@ async fn serve(runtime: Runtime, mut queue: mpsc::UnboundedReceiver<Job>) {
 
 async fn run(runtime: &Runtime, job: Job) {
     let started = Instant::now();
+    let waited = started.saturating_duration_since(job.sent);
+    job.load
+        .last_wait_micros
+        .store(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
     let outcome = AssertUnwindSafe(runtime.run(&job.transform, &job.route, &job.message))
         .catch_unwind()
         .instrument(job.span.clone())
         .await;
+    job.load.in_flight.fetch_sub(1, Ordering::Relaxed);
     match outcome {
         Ok(outcome) => {
             // The caller may have gone (its message task was cancelled at shutdown).
             let _ = job.done.send(Ran {
                 outcome,
                 took: started.elapsed(),
+                lane: job.lane,
             });
         }
         // One message fails, as its own task would have; the lane goes on.
