@@ -177,6 +177,14 @@ fn account(n: usize) -> Message {
     }
 }
 
+/// The shipped crm-to-shop, and a guest that loops until its time limit.
+fn good_and_looping(runtime: &Runtime) -> (Transform, Transform) {
+    (
+        load(runtime, transform("crm-to-shop")),
+        load(runtime, fixture("looping")),
+    )
+}
+
 /// The CRM id of crm-to-shop's one call.
 fn crm_id(actions: &[Action]) -> String {
     match actions {
@@ -206,10 +214,7 @@ async fn a_guest_at_its_time_limit_does_not_hold_up_the_lane() {
     let runtime = pooled(8);
     // One lane: the slow guests and the good ones all share it.
     let lane = Lanes::with_lanes(runtime.clone(), 1);
-    let (good, looping) = (
-        load(&runtime, transform("crm-to-shop")),
-        load(&runtime, fixture("looping")),
-    );
+    let (good, looping) = good_and_looping(&runtime);
     let hostile = load(&runtime, fixture("hostile"));
     let route = route();
     let sleeping = Message {
@@ -252,10 +257,7 @@ async fn a_guest_at_its_time_limit_does_not_hold_up_the_lane() {
 async fn a_lane_that_falls_behind_sends_the_next_messages_to_another() {
     let runtime = pooled(16);
     let lanes = Lanes::with_lanes(runtime.clone(), 2);
-    let (good, looping) = (
-        load(&runtime, transform("crm-to-shop")),
-        load(&runtime, fixture("looping")),
-    );
+    let (good, looping) = good_and_looping(&runtime);
     let route = route();
     let message = account(1);
     // Idle: the first lane.

@@ -5,11 +5,10 @@
 //! the guest's machine code, its slot's pages), and so do the HTTP client
 //! and the AMQP driver around it. Interleaved message by message, each
 //! evicts the other from the core's caches: the sandbox cost twice as much
-//! in the service as in a loop. In the lane, the messages that arrive
+//! in the service as in a loop. In a lane, the messages that arrive
 //! together run their transforms one after the other, with the sandbox's
-//! working set warm, while the message tasks do the rest on the other
-//! core; measured end to end, a fifth less CPU per message
-//! (docs/benchmarks.md, seventh session).
+//! working set warm: measured end to end, about a sixth less CPU per
+//! message (docs/benchmarks.md, seventh session).
 //!
 //! Nothing of the sandbox changes: each message still gets a fresh
 //! instance from [`Runtime::run`], with its limits. A guest that runs long
