@@ -7,7 +7,7 @@
 //! evicts the other from the core's caches: the sandbox cost twice as much
 //! in the service as in a loop. In a lane, the messages that arrive
 //! together run their transforms one after the other, with the sandbox's
-//! working set warm: measured end to end, about a sixth less CPU per
+//! working set warm: measured end to end, about an eighth less CPU per
 //! message (docs/benchmarks.md, seventh session).
 //!
 //! Nothing of the sandbox changes: each message still gets a fresh
