@@ -137,6 +137,9 @@ async fn metrics_count_a_known_sequence_and_readiness_follows_the_broker() {
     let v1 = passerelle::version::Version::of(&std::fs::read(transform("crm-to-shop")).unwrap());
     let runs = format!(r#"passerelle_transform_duration_seconds_count{{{route},version="{v1}"}}"#);
     assert_eq!(sample(&samples, &runs), 6.0, "five messages, one of them twice");
+    // Each of those runs waited for a sandbox lane first.
+    let waits = format!("passerelle_transform_wait_seconds_count{{{route}}}");
+    assert_eq!(sample(&samples, &waits), 6.0);
     assert_eq!(sample(&samples, r#"passerelle_breaker_state{endpoint="shop"}"#), 0.0);
     assert_eq!(sample(&samples, "passerelle_broker_connected"), 1.0);
     // The other route counted nothing; its series exist from the start, at

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::histogram::Histogram;
 use rand::Rng as _;
 
 use crate::amqp::{Publisher, headers};
@@ -149,6 +150,8 @@ pub struct Pipeline {
     stats: Arc<Stats>,
     counters: RouteCounters,
     transform_timer: TransformTimer,
+    /// How long its messages wait for a lane.
+    lane_wait: Histogram,
     memory: RouteMemory,
 }
 
@@ -156,6 +159,7 @@ impl Pipeline {
     pub fn new(route: Arc<RouteHandle>, lanes: Lanes, http: Arc<Http>, stats: Arc<Stats>, memory: RouteMemory) -> Self {
         let counters = stats.route_counters(&route.name);
         let transform_timer = TransformTimer::new(&route.name);
+        let lane_wait = stats.transform_wait_seconds(&route.name);
         Self {
             route,
             lanes,
@@ -163,6 +167,7 @@ impl Pipeline {
             stats,
             counters,
             transform_timer,
+            lane_wait,
             memory,
         }
     }
@@ -293,7 +298,13 @@ impl Pipeline {
         first_try: bool,
     ) -> Result<Vec<Action>, Failure> {
         let version = &transform.version;
-        let Ran { outcome: ran, took, .. } = self.lanes.run(transform, &self.route.context, message).await;
+        let Ran {
+            outcome: ran,
+            waited,
+            took,
+            ..
+        } = self.lanes.run(transform, &self.route.context, message).await;
+        self.lane_wait.observe(waited.as_secs_f64());
         self.transform_timer.observe(&self.stats, version, took);
         if first_try {
             // A hand-off, never a wait: the shadow's whole cost to this path.

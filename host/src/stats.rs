@@ -174,6 +174,7 @@ pub struct Stats {
     dead_lettered: Family<ReasonLabels, Counter>,
     dropped: Family<ReasonLabels, Counter>,
     transform_seconds: Histograms<VersionLabels>,
+    transform_wait_seconds: Histograms<RouteLabel>,
     http_seconds: Histograms<CallLabels>,
     breaker_state: Family<EndpointLabel, Gauge>,
     reloads: Family<ReloadLabels, Counter>,
@@ -191,6 +192,12 @@ fn duration_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
 }
 
+/// From 10 µs to about 0.3 s: a transform waits for its lane microseconds
+/// while the lanes keep up, milliseconds once the guests use every core.
+fn wait_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.00001, 2.0, 16))
+}
+
 impl Default for Stats {
     fn default() -> Self {
         let mut stats = Self {
@@ -201,6 +208,7 @@ impl Default for Stats {
             dead_lettered: Family::default(),
             dropped: Family::default(),
             transform_seconds: Family::new_with_constructor(duration_buckets),
+            transform_wait_seconds: Family::new_with_constructor(wait_buckets),
             http_seconds: Family::new_with_constructor(duration_buckets),
             breaker_state: Family::default(),
             reloads: Family::default(),
@@ -249,6 +257,11 @@ impl Stats {
             "transform_duration_seconds",
             "Time to run one message through the route's transform",
             self.transform_seconds.clone(),
+        );
+        r.register(
+            "transform_wait_seconds",
+            "Time a message waited for a sandbox lane before its transform ran",
+            self.transform_wait_seconds.clone(),
         );
         r.register(
             "http_request_duration_seconds",
@@ -335,6 +348,15 @@ impl Stats {
             version: version.to_string(),
         };
         self.transform_seconds.get_or_create(&labels).clone()
+    }
+
+    /// The histogram of a route's waits for a sandbox lane, for the
+    /// pipeline to hold.
+    pub fn transform_wait_seconds(&self, route: &str) -> Histogram {
+        let labels = RouteLabel {
+            route: route.to_string(),
+        };
+        self.transform_wait_seconds.get_or_create(&labels).clone()
     }
 
     /// `status` is the HTTP status, or None when no answer came.

@@ -70,11 +70,13 @@ impl Load {
     }
 }
 
-/// One transform's outcome, how long it ran (without the wait for the
-/// lane: that is not the transform's time), and which lane ran it.
+/// One transform's outcome, how long it waited for its lane and how long
+/// it ran (apart: the wait is not the transform's time), and which lane
+/// ran it.
 #[derive(Debug)]
 pub struct Ran {
     pub outcome: Result<Vec<Action>, TransformFailure>,
+    pub waited: Duration,
     pub took: Duration,
     /// 0 unless the first lanes were behind.
     pub lane: usize,
@@ -152,6 +154,7 @@ impl Lanes {
 fn stopped(reason: &str, lane: usize) -> Ran {
     Ran {
         outcome: Err(TransformFailure::Trap(reason.into())),
+        waited: Duration::ZERO,
         took: Duration::ZERO,
         lane,
     }
@@ -190,6 +193,7 @@ async fn run(runtime: &Runtime, job: Job) {
             // The caller may have gone (its message task was cancelled at shutdown).
             let _ = job.done.send(Ran {
                 outcome,
+                waited,
                 took: started.elapsed(),
                 lane: job.lane,
             });
