@@ -202,3 +202,33 @@ async fn run(runtime: &Runtime, job: Job) {
         Err(_panic) => tracing::error!(route = %job.route.route, "the host panicked running a transform"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(load: &Load, in_flight: usize, last_wait: Duration) {
+        load.in_flight.store(in_flight, Ordering::Relaxed);
+        load.last_wait_micros
+            .store(last_wait.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    #[tokio::test]
+    async fn a_job_goes_to_the_first_lane_that_keeps_up_else_the_least_behind() {
+        let lanes = Lanes::with_lanes(Runtime::new().unwrap(), 3);
+        let load = |index: usize| &lanes.lanes[index].load;
+        let chosen = || lanes.choose().0;
+        let behind = SPILL_AFTER * 2;
+
+        assert_eq!(chosen(), 0, "all idle");
+        set(load(0), 5, SPILL_AFTER / 2);
+        assert_eq!(chosen(), 0, "busy but keeping up");
+        set(load(0), 5, behind);
+        assert_eq!(chosen(), 1, "the first behind, the second idle");
+        set(load(1), 1, behind * 2);
+        set(load(2), 1, behind * 3);
+        assert_eq!(chosen(), 0, "all behind: the least behind");
+        set(load(0), 0, behind);
+        assert_eq!(chosen(), 0, "idle again, whatever its last wait");
+    }
+}
