@@ -40,7 +40,7 @@ use super::{Action, Message, RouteContext, Runtime, Transform, TransformFailure}
 /// next job tries the next lane. Well above what a burst of light
 /// transforms makes a job wait (64 messages of the shipped mapping: about
 /// 1 ms), well below what heavy ones do.
-pub const SPILL_AFTER: Duration = Duration::from_millis(5);
+const SPILL_AFTER: Duration = Duration::from_millis(5);
 
 /// Where the live path sends its transforms; cheap to clone. Each lane's
 /// task ends once every clone is gone and its last transforms are done.
@@ -89,8 +89,6 @@ struct Job {
     /// The message's span, so that the guest's log lines name its message.
     span: tracing::Span,
     sent: Instant,
-    lane: usize,
-    load: Arc<Load>,
     done: oneshot::Sender<Ran>,
 }
 
@@ -104,13 +102,11 @@ impl Lanes {
     /// Starts `count` lanes (at least one).
     pub fn with_lanes(runtime: Runtime, count: usize) -> Self {
         let lanes = (0..count.max(1))
-            .map(|_| {
+            .map(|index| {
                 let (jobs, queue) = mpsc::unbounded_channel();
-                tokio::spawn(serve(runtime.clone(), queue));
-                Lane {
-                    jobs,
-                    load: Arc::default(),
-                }
+                let load = Arc::<Load>::default();
+                tokio::spawn(serve(runtime.clone(), queue, index, load.clone()));
+                Lane { jobs, load }
             })
             .collect();
         Self { lanes }
@@ -127,13 +123,11 @@ impl Lanes {
             message: message.clone(),
             span: tracing::Span::current(),
             sent: Instant::now(),
-            lane: index,
-            load: lane.load.clone(),
             done,
         };
         lane.load.in_flight.fetch_add(1, Ordering::Relaxed);
-        if let Err(unsent) = lane.jobs.send(job) {
-            unsent.0.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if lane.jobs.send(job).is_err() {
+            lane.load.in_flight.fetch_sub(1, Ordering::Relaxed);
             return stopped("the sandbox lane has stopped", index);
         }
         // Dropped unanswered only if the host code around the guest panicked.
@@ -160,15 +154,15 @@ fn stopped(reason: &str, lane: usize) -> Ran {
     }
 }
 
-/// Takes every job that is waiting before running any (`biased`), so that
-/// the jobs that arrived together run together.
-async fn serve(runtime: Runtime, mut queue: mpsc::UnboundedReceiver<Job>) {
+/// Lane `index`'s task. Takes every job that is waiting before running
+/// any (`biased`), so that the jobs that arrived together run together.
+async fn serve(runtime: Runtime, mut queue: mpsc::UnboundedReceiver<Job>, index: usize, load: Arc<Load>) {
     let mut running = FuturesUnordered::new();
     loop {
         tokio::select! {
             biased;
             job = queue.recv() => match job {
-                Some(job) => running.push(run(&runtime, job)),
+                Some(job) => running.push(run(&runtime, job, index, &load)),
                 None => break,
             },
             Some(()) = running.next(), if !running.is_empty() => {}
@@ -177,17 +171,16 @@ async fn serve(runtime: Runtime, mut queue: mpsc::UnboundedReceiver<Job>) {
     while running.next().await.is_some() {}
 }
 
-async fn run(runtime: &Runtime, job: Job) {
+async fn run(runtime: &Runtime, job: Job, lane: usize, load: &Load) {
     let started = Instant::now();
     let waited = started.saturating_duration_since(job.sent);
-    job.load
-        .last_wait_micros
+    load.last_wait_micros
         .store(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
     let outcome = AssertUnwindSafe(runtime.run(&job.transform, &job.route, &job.message))
         .catch_unwind()
         .instrument(job.span.clone())
         .await;
-    job.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+    load.in_flight.fetch_sub(1, Ordering::Relaxed);
     match outcome {
         Ok(outcome) => {
             // The caller may have gone (its message task was cancelled at shutdown).
@@ -195,7 +188,7 @@ async fn run(runtime: &Runtime, job: Job) {
                 outcome,
                 waited,
                 took: started.elapsed(),
-                lane: job.lane,
+                lane,
             });
         }
         // One message fails, as its own task would have; the lane goes on.
