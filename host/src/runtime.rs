@@ -291,6 +291,18 @@ impl Runtime {
         route: &RouteContext,
         message: &Message,
     ) -> Result<Vec<Action>, TransformFailure> {
+        self.run_guest_message(transform, route, &message.to_guest()).await
+    }
+
+    /// `run`, with the message already in the guest's types: the lanes
+    /// convert it in the message's task, so it is copied once, not cloned
+    /// for the lane and then again for the guest.
+    async fn run_guest_message(
+        &self,
+        transform: &Transform,
+        route: &RouteContext,
+        message: &GuestMessage,
+    ) -> Result<Vec<Action>, TransformFailure> {
         let limits = route.limits;
         // Declared before the store, so dropped after it: the slot is free
         // again only once the instance is gone.
@@ -313,7 +325,7 @@ impl Runtime {
 
         let call = async {
             let instance = transform.pre.instantiate_async(&mut store).await?;
-            instance.call_transform(&mut store, &message.to_guest()).await
+            instance.call_transform(&mut store, message).await
         };
         // The epoch deadline stops guest code; this outer bound, in wall
         // time and so generous, also stops a guest parked in a host call
@@ -416,9 +428,12 @@ fn describe_trap(error: &wasmtime::Error, state: &GuestState, limits: GuestLimit
     }
 }
 
+/// A message as the guest's bindings take it.
+type GuestMessage = bindings::passerelle::transform::types::Message;
+
 impl Message {
-    fn to_guest(&self) -> bindings::passerelle::transform::types::Message {
-        bindings::passerelle::transform::types::Message {
+    fn to_guest(&self) -> GuestMessage {
+        GuestMessage {
             body: self.body.clone(),
             content_type: self.content_type.clone(),
             routing_key: self.routing_key.clone(),

@@ -34,7 +34,7 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
-use super::{Action, Message, RouteContext, Runtime, Transform, TransformFailure};
+use super::{Action, GuestMessage, Message, RouteContext, Runtime, Transform, TransformFailure};
 
 /// A lane whose last job waited this long before it ran is behind: the
 /// next job tries the next lane. Well above what a burst of light
@@ -85,7 +85,7 @@ pub struct Ran {
 struct Job {
     transform: Transform,
     route: RouteContext,
-    message: Message,
+    message: GuestMessage,
     /// The message's span, so that the guest's log lines name its message.
     span: tracing::Span,
     sent: Instant,
@@ -120,7 +120,7 @@ impl Lanes {
         let job = Job {
             transform: transform.clone(),
             route: route.clone(),
-            message: message.clone(),
+            message: message.to_guest(),
             span: tracing::Span::current(),
             sent: Instant::now(),
             done,
@@ -176,7 +176,7 @@ async fn run(runtime: &Runtime, job: Job, lane: usize, load: &Load) {
     let waited = started.saturating_duration_since(job.sent);
     load.last_wait_micros
         .store(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
-    let outcome = AssertUnwindSafe(runtime.run(&job.transform, &job.route, &job.message))
+    let outcome = AssertUnwindSafe(runtime.run_guest_message(&job.transform, &job.route, &job.message))
         .catch_unwind()
         .instrument(job.span.clone())
         .await;
