@@ -264,24 +264,27 @@ mod tests {
         (queue, stop)
     }
 
+    /// What a lane woken by the queue's first job gathers; fails the test
+    /// if the lane never stops gathering.
+    async fn gathered_after_the_first(queue: &mut mpsc::UnboundedReceiver<u32>) -> Vec<u32> {
+        queue.recv().await.expect("the job that wakes the lane");
+        let mut gathered = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), gather_burst(queue, |job| gathered.push(job)))
+            .await
+            .expect("a woken lane stops gathering and runs its jobs");
+        gathered
+    }
+
     #[tokio::test]
     async fn a_woken_lane_gathers_the_rest_of_the_burst_before_running_it() {
         let (mut queue, _stop) = trickle(1..=5);
-        assert_eq!(queue.recv().await, Some(1), "the job that wakes the lane");
-        let mut gathered = Vec::new();
-        gather_burst(&mut queue, |job| gathered.push(job)).await;
-        assert_eq!(gathered, [2, 3, 4, 5]);
+        assert_eq!(gathered_after_the_first(&mut queue).await, [2, 3, 4, 5]);
     }
 
     #[tokio::test]
     async fn a_lane_stops_gathering_after_a_bounded_number_of_yields() {
         let (mut queue, _stop) = trickle(1..);
-        queue.recv().await.unwrap();
-        let mut gathered = Vec::new();
-        let gathering = gather_burst(&mut queue, |job| gathered.push(job));
-        tokio::time::timeout(Duration::from_secs(10), gathering)
-            .await
-            .expect("a lane whose jobs never stop coming still runs them");
+        let gathered = gathered_after_the_first(&mut queue).await;
         assert!(
             (1..=GATHER_YIELDS).contains(&gathered.len()),
             "{} jobs gathered",
@@ -291,14 +294,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_lone_job_is_not_held_back_waiting_for_more() {
+        // The queue stays open but quiet.
         let (mut queue, _stop) = trickle(std::iter::once(1));
-        queue.recv().await.unwrap();
-        let mut gathered = Vec::new();
-        let gathering = gather_burst(&mut queue, |job| gathered.push(job));
-        tokio::time::timeout(Duration::from_secs(10), gathering)
-            .await
-            .expect("the queue is open but quiet: the lane runs what it has");
-        assert!(gathered.is_empty());
+        assert!(gathered_after_the_first(&mut queue).await.is_empty());
     }
 
     #[tokio::test]
