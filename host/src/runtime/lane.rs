@@ -9,7 +9,7 @@
 //! together run their transforms one after the other, with the sandbox's
 //! working set warm: measured end to end, about an eighth less CPU per
 //! message (docs/benchmarks.md, seventh session). A lane woken from idle
-//! first lets the rest of the burst reach it (`gather_burst`): about a
+//! first lets the rest of the burst reach it (`wait_for_burst`): about a
 //! tenth less again (ninth session).
 //!
 //! Nothing of the sandbox changes: each message still gets a fresh
@@ -171,15 +171,11 @@ async fn serve(runtime: Runtime, mut queue: mpsc::UnboundedReceiver<Job>, index:
             biased;
             job = queue.recv() => match job {
                 Some(job) => {
-                    let woken = running.is_empty();
-                    running.push(run(&runtime, job, index, &load));
-                    if woken {
-                        // `running` moved in as a unique borrow: a shared
-                        // one held across the await would need the running
-                        // transforms to be `Sync`.
-                        let (running, runtime, load) = (&mut running, &runtime, &load);
-                        gather_burst(&mut queue, move |job| running.push(run(runtime, job, index, load))).await;
+                    if running.is_empty() {
+                        // The loop then takes the whole burst before running any.
+                        wait_for_burst(&queue).await;
                     }
+                    running.push(run(&runtime, job, index, &load));
                 }
                 None => break,
             },
@@ -198,15 +194,11 @@ async fn serve(runtime: Runtime, mut queue: mpsc::UnboundedReceiver<Job>, index:
 /// times), and the burst's transforms run back to back: about a tenth
 /// less CPU per message end to end (docs/benchmarks.md, ninth session).
 /// An idle host pays one yield per message.
-async fn gather_burst<J>(queue: &mut mpsc::UnboundedReceiver<J>, mut take: impl FnMut(J)) {
+async fn wait_for_burst<J>(queue: &mpsc::UnboundedReceiver<J>) {
     for _ in 0..GATHER_YIELDS {
+        let waiting = queue.len();
         tokio::task::yield_now().await;
-        let mut arrived = false;
-        while let Ok(job) = queue.try_recv() {
-            take(job);
-            arrived = true;
-        }
-        if !arrived {
+        if queue.len() == waiting {
             return;
         }
     }
@@ -268,11 +260,10 @@ mod tests {
     /// if the lane never stops gathering.
     async fn gathered_after_the_first(queue: &mut mpsc::UnboundedReceiver<u32>) -> Vec<u32> {
         queue.recv().await.expect("the job that wakes the lane");
-        let mut gathered = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), gather_burst(queue, |job| gathered.push(job)))
+        tokio::time::timeout(Duration::from_secs(10), wait_for_burst(queue))
             .await
             .expect("a woken lane stops gathering and runs its jobs");
-        gathered
+        std::iter::from_fn(|| queue.try_recv().ok()).collect()
     }
 
     #[tokio::test]
