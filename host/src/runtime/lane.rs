@@ -191,9 +191,8 @@ async fn serve(runtime: Runtime, mut queue: mpsc::UnboundedReceiver<Job>, index:
 /// core, and then each of the next ones as it trickles in, between HTTP
 /// and AMQP work that evicts the sandbox from the caches. So it yields to
 /// the scheduler until a yield brings no new job (at most `GATHER_YIELDS`
-/// times), and the burst's transforms run back to back: about a tenth
-/// less CPU per message end to end (docs/benchmarks.md, ninth session).
-/// An idle host pays one yield per message.
+/// times), and the burst's transforms run back to back (the saving is in
+/// the module's doc). An idle host pays one yield per message.
 async fn wait_for_burst<J>(queue: &mpsc::UnboundedReceiver<J>) {
     for _ in 0..GATHER_YIELDS {
         let waiting = queue.len();
