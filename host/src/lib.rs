@@ -18,6 +18,7 @@ pub mod logging;
 pub mod memory;
 pub mod ops;
 pub mod pipeline;
+pub mod refused_body;
 pub mod reload;
 pub mod routes;
 pub mod runtime;
