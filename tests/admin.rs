@@ -292,7 +292,9 @@ async fn an_upload_swaps_the_transform_and_a_failing_one_is_refused() {
     )
     .await;
 
-    // Bodies over the limit are refused before they are read in full.
+    // A body over the limit is refused, and read to its end first (never
+    // kept), so that the client, still sending it, gets the 413 and not a
+    // reset connection.
     let huge = vec![0u8; 17 * 1024 * 1024];
     let too_big = client()
         .post(&upload_url)
@@ -302,6 +304,11 @@ async fn an_upload_swaps_the_transform_and_a_failing_one_is_refused() {
         .await
         .unwrap();
     assert_eq!(too_big.status(), 413);
+    let refusal: serde_json::Value = too_big.json().await.unwrap();
+    assert_eq!(
+        refusal["error"],
+        "the body (17.0 MiB) is larger than admin.max_body (16.0 MiB)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -15,6 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytesize::ByteSize;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,7 @@ use crate::amqp;
 use crate::config::{Admin, Secret};
 use crate::host::Parts;
 use crate::ops::{deploy, dlq};
+use crate::refused_body;
 use crate::reload::{Origin, Refusal};
 use crate::routes::RouteHandle;
 use crate::stats::BreakerState;
@@ -74,6 +76,8 @@ fn router(settings: &Admin, parts: Parts) -> Router {
         .route("/transforms/{route}/shadow/promote", post(shadow::promote))
         .route("/dlq/{route}", get(dead_letters))
         .route("/dlq/{route}/replay", post(replay))
+        // Inner to the token check: a stranger's body is never read.
+        .route_layer(middleware::from_fn_with_state(settings.max_body, refuse_too_large))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
@@ -127,6 +131,27 @@ async fn require_token(State(state): State<AdminState>, headers: HeaderMap, requ
     }
     let problem = "a bearer token is required (Authorization: Bearer ..., from admin.token_env)";
     Problem::new(StatusCode::UNAUTHORIZED, problem.into()).into_response()
+}
+
+/// A body declared over `admin.max_body` is refused before it reaches a
+/// handler, and read to its end first so that the client sees the 413
+/// (`refused_body`). A body sent without a length stops at the limit
+/// (`DefaultBodyLimit`).
+async fn refuse_too_large(State(limit): State<ByteSize>, request: Request, next: Next) -> Response {
+    let declared = refused_body::declared_length(request.headers());
+    match declared {
+        Some(length) if length > limit.as_u64() => {
+            refused_body::discard(request.into_body()).await;
+            let size = |bytes: ByteSize| bytes.display().iec().to_string();
+            let problem = format!(
+                "the body ({}) is larger than admin.max_body ({})",
+                size(ByteSize(length)),
+                size(limit)
+            );
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, problem).into_response()
+        }
+        _ => next.run(request).await,
+    }
 }
 
 /// Ready when the broker is connected and every route has a transform

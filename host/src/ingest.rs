@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::amqp::MAX_SHORT_STRING;
 use crate::amqp::headers;
 use crate::config::{Ingest, IngestSource, Secret, SourceKind};
+use crate::refused_body;
 use crate::stats::Stats;
 use crate::trace::TraceContext;
 use link::{Link, Outgoing};
@@ -207,11 +208,8 @@ async fn admit(
     if !auth::head_allowed(auth, &head.headers, query) {
         return Err(Refusal::Unauthorized);
     }
-    let declared = head
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
+    if refused_body::declared_length(&head.headers).is_some_and(|length| length > limit) {
+        refused_body::discard(body).await;
         return Err(Refusal::TooLarge(limit));
     }
     let body = read_body(body, limit).await?;
@@ -228,6 +226,7 @@ async fn read_body(body: Body, limit: u64) -> Result<Bytes, Refusal> {
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| Refusal::Invalid(format!("reading the body: {e}")))?;
         if (read.len() + chunk.len()) as u64 > limit {
+            refused_body::discard(Body::from_stream(stream)).await;
             return Err(Refusal::TooLarge(limit));
         }
         read.extend_from_slice(&chunk);
