@@ -198,6 +198,8 @@ async fn measure(settings: &Settings, broker: &Broker, work: &Path) -> anyhow::R
                 .start_up(settings.rounds, &arena.logs.join("start-up.log"))
                 .await?,
         );
+    } else if settings.contestants.contains(&Contestant::Passerelle) {
+        passerelle.warm_cache(&arena.logs.join("warm-up.log")).await?;
     }
     report.samples = rounds(&arena, settings).await?;
     if settings.extras || settings.transform_only {
