@@ -207,7 +207,9 @@ async fn measure(settings: &Settings, broker: &Broker, work: &Path) -> anyhow::R
     }
     if settings.extras {
         let log = arena.logs.join("swap.log");
-        report.swaps = passerelle.swaps(broker, &server, settings.rounds, &log).await?;
+        let swaps = passerelle.swaps(broker, &server, settings.rounds, &log).await?;
+        report.swaps = swaps.latencies;
+        report.swap_peak_rss = swaps.peak_rss;
     }
     Ok(report)
 }

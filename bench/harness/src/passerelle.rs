@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{AMQP_URL, Broker};
 use crate::median;
-use crate::process::Service;
+use crate::process::{Service, peak_rss};
 use crate::server::Server;
 
 const ADMIN_TOKEN: &str = "passerelle-bench-admin-token";
@@ -116,7 +116,8 @@ impl Passerelle {
 
     /// Starts and stops once, so that the rounds find the compile cache
     /// warm: a round's peak RSS is then the service's under load, not
-    /// Cranelift's compiling both transforms (about 125 MiB against 55).
+    /// Cranelift's compiling both transforms (with transparent huge pages,
+    /// about 125 MiB against 58; the swap phase measures that case).
     /// `start_up` warms it too, when it runs.
     pub async fn warm_cache(&self, log: &Path) -> anyhow::Result<()> {
         let mut service = self.start(log)?;
@@ -148,7 +149,7 @@ impl Passerelle {
     /// steady stream flows; milliseconds until the new version's first
     /// delivery. Includes the watcher's debounce, the compile and the
     /// fixtures check.
-    pub async fn swaps(&self, broker: &Broker, server: &Server, rounds: usize, log: &Path) -> anyhow::Result<Vec<f64>> {
+    pub async fn swaps(&self, broker: &Broker, server: &Server, rounds: usize, log: &Path) -> anyhow::Result<Swaps> {
         let shipped = std::fs::read(&self.component)?;
         server.arm(0);
         let first = server.first_call_from(Version::of(&shipped).as_str());
@@ -167,6 +168,7 @@ impl Passerelle {
             broker.publish_steadily(&self.queue, PUBLISH_EVERY, stop.clone()),
             measured
         );
+        let peak_rss = peak_rss(service.pid());
         service.stop().await?;
         std::fs::write(&self.component, &shipped)?;
         let published = published?;
@@ -179,7 +181,7 @@ impl Passerelle {
         );
         let dead = broker.depth(&self.dead_letters).await?;
         ensure!(dead == 0, "swap rounds: {dead} of {published} messages dead-lettered");
-        Ok(latencies)
+        Ok(Swaps { latencies, peak_rss })
     }
 
     async fn replace_rounds(&self, server: &Server, shipped: &[u8], rounds: usize) -> anyhow::Result<Vec<f64>> {
@@ -202,6 +204,15 @@ impl Passerelle {
         }
         Ok(latencies)
     }
+}
+
+/// The swap phase's figures.
+pub struct Swaps {
+    /// Milliseconds from each file replaced to its first delivery.
+    pub latencies: Vec<f64>,
+    /// The serving host's peak RSS (VmHWM), in bytes: it compiled each new
+    /// version while it served, as a host in production does on a swap.
+    pub peak_rss: Option<u64>,
 }
 
 pub struct StartUp {

@@ -15,6 +15,8 @@ pub struct Report {
     pub start_up: Option<StartUp>,
     pub transform: Option<TransformCost>,
     pub swaps: Vec<f64>,
+    /// Passerelle's peak RSS in the swap phase, in bytes.
+    pub swap_peak_rss: Option<u64>,
 }
 
 /// A contestant's medians over the rounds.
@@ -37,6 +39,7 @@ impl Report {
             start_up: None,
             transform: None,
             swaps: Vec::new(),
+            swap_peak_rss: None,
         }
     }
 
@@ -61,7 +64,14 @@ impl Report {
     fn peak_rss_mib(&self) -> Option<f64> {
         let (_, samples) = self.samples.iter().find(|(c, _)| *c == Contestant::Passerelle)?;
         let peak = samples.iter().filter_map(|s| s.peak_rss).max()?;
-        Some(peak as f64 / (1 << 20) as f64)
+        Some(mib(peak))
+    }
+
+    /// The target's figure: the higher of the delivery rounds' peak and
+    /// the swap phase's, where the host also compiles.
+    fn highest_rss_mib(&self) -> Option<f64> {
+        let swapping = self.swap_peak_rss.map(mib);
+        self.peak_rss_mib().into_iter().chain(swapping).reduce(f64::max)
     }
 
     pub fn print(&self) {
@@ -118,6 +128,11 @@ impl Report {
                 "- Passerelle's peak RSS (VmHWM, both shipped routes loaded), highest of the rounds: {rss:.1} MiB"
             );
         }
+        if let Some(rss) = self.swap_peak_rss.map(mib) {
+            println!(
+                "- Passerelle's peak RSS in the swap phase (serving, and compiling each new version): {rss:.1} MiB"
+            );
+        }
         if let Some(cost) = &self.transform {
             println!(
                 "- transform alone, ns/msg: native mapping {:.0}; component, fresh instance, pooling allocator {:.0}, \
@@ -165,8 +180,12 @@ impl Report {
             |ms| ms < 200.0,
             " ms",
         );
-        target("RSS < 150 MiB", self.peak_rss_mib(), |mib| mib < 150.0, " MiB");
+        target("RSS < 150 MiB", self.highest_rss_mib(), |mib| mib < 150.0, " MiB");
     }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
 }
 
 fn target(name: &str, figure: Option<f64>, met: impl Fn(f64) -> bool, unit: &str) {
