@@ -142,11 +142,10 @@ async fn refuse_too_large(State(limit): State<ByteSize>, request: Request, next:
     match declared {
         Some(length) if length > limit.as_u64() => {
             refused_body::discard(request.into_body()).await;
-            let size = |bytes: ByteSize| bytes.display().iec().to_string();
             let problem = format!(
                 "the body ({}) is larger than admin.max_body ({})",
-                size(ByteSize(length)),
-                size(limit)
+                ByteSize(length).display().iec(),
+                limit.display().iec()
             );
             Problem::new(StatusCode::PAYLOAD_TOO_LARGE, problem).into_response()
         }
