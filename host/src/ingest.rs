@@ -23,7 +23,6 @@ use axum::http::{HeaderMap, StatusCode, header, request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use futures_util::StreamExt as _;
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
 use serde_json::{Map, Value, json};
@@ -219,19 +218,15 @@ async fn admit(
     Ok(body)
 }
 
-/// The body, or `TooLarge` as soon as it passes `limit`.
+/// The body, or `TooLarge` once it passes `limit` (the rest read and
+/// thrown away: `refused_body`).
 async fn read_body(body: Body, limit: u64) -> Result<Bytes, Refusal> {
-    let mut stream = body.into_data_stream();
-    let mut read = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Refusal::Invalid(format!("reading the body: {e}")))?;
-        if (read.len() + chunk.len()) as u64 > limit {
-            refused_body::discard(Body::from_stream(stream)).await;
-            return Err(Refusal::TooLarge(limit));
-        }
-        read.extend_from_slice(&chunk);
-    }
-    Ok(read.into())
+    refused_body::read_within(body, limit)
+        .await
+        .map_err(|unread| match unread {
+            refused_body::Unread::TooLarge => Refusal::TooLarge(limit),
+            refused_body::Unread::Failed(e) => Refusal::Invalid(format!("reading the body: {e}")),
+        })
 }
 
 /// A webhook's body, published as it came.

@@ -8,10 +8,14 @@
 //! nothing in memory (no chunk is kept), and is bounded in size and
 //! time so that a client cannot hold a connection open with an endless
 //! body: past either bound the connection closes as before.
+//!
+//! A body sent without a length (chunked) is only known to be too large
+//! once it passes the limit: [`read_within`] reads it up to there, then
+//! discards the rest the same way.
 
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, header};
 use futures_util::StreamExt as _;
 
@@ -25,6 +29,31 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse().ok())
+}
+
+/// Why [`read_within`] gave no body.
+#[derive(Debug, PartialEq)]
+pub enum Unread {
+    /// It passed the limit; the rest was read and thrown away.
+    TooLarge,
+    /// The client's body broke off (the reader's error).
+    Failed(String),
+}
+
+/// The whole body if it is at most `limit` bytes long. Once it passes
+/// `limit`, nothing more is kept: the rest is discarded as above.
+pub async fn read_within(body: Body, limit: u64) -> Result<Bytes, Unread> {
+    let mut stream = body.into_data_stream();
+    let mut read = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Unread::Failed(e.to_string()))?;
+        if (read.len() + chunk.len()) as u64 > limit {
+            discard(Body::from_stream(stream)).await;
+            return Err(Unread::TooLarge);
+        }
+        read.extend_from_slice(&chunk);
+    }
+    Ok(read.into())
 }
 
 /// Reads `body` to its end (within the bounds above) and drops it.
@@ -60,16 +89,35 @@ mod tests {
         assert_eq!(started.elapsed(), DISCARD_FOR);
     }
 
-    #[tokio::test]
-    async fn a_huge_body_is_read_only_up_to_the_bound() {
-        let chunk = axum::body::Bytes::from(vec![0u8; 1 << 20]);
+    /// A body of `chunks` chunks of `size` bytes, counting what is read of it.
+    fn counted_body(chunks: usize, size: usize) -> (Body, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        let chunk = Bytes::from(vec![0u8; size]);
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = sent.clone();
-        let huge = futures_util::stream::repeat(chunk).take(1024).map(move |chunk| {
+        let stream = futures_util::stream::repeat(chunk).take(chunks).map(move |chunk| {
             counted.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             Ok::<_, std::io::Error>(chunk)
         });
-        discard(Body::from_stream(huge)).await;
+        (Body::from_stream(stream), sent)
+    }
+
+    #[tokio::test]
+    async fn a_body_within_the_limit_is_read_whole_and_one_past_it_to_its_end() {
+        let (within, _) = counted_body(4, 1000);
+        assert_eq!(read_within(within, 4000).await.map(|body| body.len()), Ok(4000));
+        let (past, read) = counted_body(5, 1000);
+        assert_eq!(read_within(past, 4000).await, Err(Unread::TooLarge));
+        assert_eq!(
+            read.load(std::sync::atomic::Ordering::Relaxed),
+            5000,
+            "the rest is read, not left unread"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_huge_body_is_read_only_up_to_the_bound() {
+        let (huge, sent) = counted_body(1024, 1 << 20);
+        discard(huge).await;
         let read = sent.load(std::sync::atomic::Ordering::Relaxed);
         assert!(
             read > DISCARD_AT_MOST && read <= DISCARD_AT_MOST + (1 << 20),
