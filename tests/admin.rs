@@ -309,6 +309,50 @@ async fn an_upload_swaps_the_transform_and_a_failing_one_is_refused() {
         refusal["error"],
         "the body (17.0 MiB) is larger than admin.max_body (16.0 MiB)"
     );
+
+    // Sent without a length (chunked), the same: a 413 once the whole body
+    // is sent, never a reset; and a component sent so within the limit is
+    // taken as any other.
+    let (status, refusal) = post_chunked(&upload_url, &vec![0u8; 17 * 1024 * 1024]).await;
+    assert_eq!(status, 413, "{refusal}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&refusal).unwrap()["error"],
+        "the body (sent without a length) is larger than admin.max_body (16.0 MiB)"
+    );
+    let v4 = new_version();
+    let v4_version = passerelle::version::Version::of(&v4).to_string();
+    let (status, answer) = post_chunked(&upload_url, &v4).await;
+    assert_eq!(status, 200, "{answer}");
+    host.wait_for_log(&format!("swapped transform {v2_version} -> {v4_version}"), 1)
+        .await;
+}
+
+/// POSTs `body` to `url` (`http://host:port/path`) in 1 MiB chunks, with
+/// no length, sent whole before the answer is read: a server that answers
+/// early and closes makes this fail. The status and the answer's body.
+async fn post_chunked(url: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (authority, path) = url.strip_prefix("http://").unwrap().split_once('/').unwrap();
+    let mut stream = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let head = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/wasm\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for chunk in body.chunks(1 << 20) {
+        stream
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .unwrap();
+        stream.write_all(chunk).await.unwrap();
+        stream.write_all(b"\r\n").await.unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread")]

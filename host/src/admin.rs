@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest as _, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -133,23 +134,32 @@ async fn require_token(State(state): State<AdminState>, headers: HeaderMap, requ
     Problem::new(StatusCode::UNAUTHORIZED, problem.into()).into_response()
 }
 
-/// A body declared over `admin.max_body` is refused before it reaches a
-/// handler, and read to its end first so that the client sees the 413
-/// (`refused_body`). A body sent without a length stops at the limit
-/// (`DefaultBodyLimit`).
+/// A body over `admin.max_body` is refused before it reaches a handler,
+/// and read to its end first so that the client sees the 413
+/// (`refused_body`). A body sent without a length (chunked) is read here,
+/// up to the limit, and handed on whole: only its end tells its size.
 async fn refuse_too_large(State(limit): State<ByteSize>, request: Request, next: Next) -> Response {
-    let declared = refused_body::declared_length(request.headers());
-    match declared {
+    let too_large = |size: String| {
+        let problem = format!(
+            "the body ({size}) is larger than admin.max_body ({})",
+            limit.display().iec()
+        );
+        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, problem).into_response()
+    };
+    let (head, body) = request.into_parts();
+    match refused_body::declared_length(&head.headers) {
         Some(length) if length > limit.as_u64() => {
-            refused_body::discard(request.into_body()).await;
-            let problem = format!(
-                "the body ({}) is larger than admin.max_body ({})",
-                ByteSize(length).display().iec(),
-                limit.display().iec()
-            );
-            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, problem).into_response()
+            refused_body::discard(body).await;
+            too_large(ByteSize(length).display().iec().to_string())
         }
-        _ => next.run(request).await,
+        Some(_) => next.run(Request::from_parts(head, body)).await,
+        None => match refused_body::read_within(body, limit.as_u64()).await {
+            Ok(whole) => next.run(Request::from_parts(head, Body::from(whole))).await,
+            Err(refused_body::Unread::TooLarge) => too_large("sent without a length".into()),
+            Err(refused_body::Unread::Failed(e)) => {
+                Problem::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}")).into_response()
+            }
+        },
     }
 }
 
