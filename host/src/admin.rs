@@ -135,31 +135,26 @@ async fn require_token(State(state): State<AdminState>, headers: HeaderMap, requ
 }
 
 /// A body over `admin.max_body` is refused before it reaches a handler,
-/// and read to its end first so that the client sees the 413
-/// (`refused_body`). A body sent without a length (chunked) is read here,
-/// up to the limit, and handed on whole: only its end tells its size.
+/// after the token check, and read to its end first so that the client
+/// sees the 413 (`refused_body`); one within it is handed on whole.
 async fn refuse_too_large(State(limit): State<ByteSize>, request: Request, next: Next) -> Response {
-    let too_large = |size: String| {
-        let problem = format!(
-            "the body ({size}) is larger than admin.max_body ({})",
-            limit.display().iec()
-        );
-        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, problem).into_response()
-    };
     let (head, body) = request.into_parts();
-    match refused_body::declared_length(&head.headers) {
-        Some(length) if length > limit.as_u64() => {
-            refused_body::discard(body).await;
-            too_large(ByteSize(length).display().iec().to_string())
+    match refused_body::read_within(&head.headers, body, limit.as_u64()).await {
+        Ok(whole) => next.run(Request::from_parts(head, Body::from(whole))).await,
+        Err(refused_body::Unread::TooLarge { declared }) => {
+            let size = match declared {
+                Some(length) => ByteSize(length).display().iec().to_string(),
+                None => "sent without a length".into(),
+            };
+            let problem = format!(
+                "the body ({size}) is larger than admin.max_body ({})",
+                limit.display().iec()
+            );
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, problem).into_response()
         }
-        Some(_) => next.run(Request::from_parts(head, body)).await,
-        None => match refused_body::read_within(body, limit.as_u64()).await {
-            Ok(whole) => next.run(Request::from_parts(head, Body::from(whole))).await,
-            Err(refused_body::Unread::TooLarge) => too_large("sent without a length".into()),
-            Err(refused_body::Unread::Failed(e)) => {
-                Problem::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}")).into_response()
-            }
-        },
+        Err(refused_body::Unread::Failed(e)) => {
+            Problem::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}")).into_response()
+        }
     }
 }
 

@@ -207,11 +207,7 @@ async fn admit(
     if !auth::head_allowed(auth, &head.headers, query) {
         return Err(Refusal::Unauthorized);
     }
-    if refused_body::declared_length(&head.headers).is_some_and(|length| length > limit) {
-        refused_body::discard(body).await;
-        return Err(Refusal::TooLarge(limit));
-    }
-    let body = read_body(body, limit).await?;
+    let body = read_body(&head.headers, body, limit).await?;
     if !auth::body_signed(auth, &head.headers, &body) {
         return Err(Refusal::Unauthorized);
     }
@@ -220,11 +216,11 @@ async fn admit(
 
 /// The body, or `TooLarge` once it passes `limit` (the rest read and
 /// thrown away: `refused_body`).
-async fn read_body(body: Body, limit: u64) -> Result<Bytes, Refusal> {
-    refused_body::read_within(body, limit)
+async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, Refusal> {
+    refused_body::read_within(headers, body, limit)
         .await
         .map_err(|unread| match unread {
-            refused_body::Unread::TooLarge => Refusal::TooLarge(limit),
+            refused_body::Unread::TooLarge { .. } => Refusal::TooLarge(limit),
             refused_body::Unread::Failed(e) => Refusal::Invalid(format!("reading the body: {e}")),
         })
 }

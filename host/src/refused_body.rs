@@ -9,9 +9,11 @@
 //! time so that a client cannot hold a connection open with an endless
 //! body: past either bound the connection closes as before.
 //!
-//! A body sent without a length (chunked) is only known to be too large
-//! once it passes the limit: [`read_within`] reads it up to there, then
-//! discards the rest the same way.
+//! [`read_within`] is the one way both servers read a body under a
+//! limit: a declared length over it is refused before anything is kept,
+//! and a body sent without one (chunked), only known to be too large once
+//! it passes the limit, is read up to there; either way the rest is
+//! discarded as above.
 
 use std::time::Duration;
 
@@ -25,7 +27,7 @@ const DISCARD_AT_MOST: u64 = 64 << 20;
 const DISCARD_FOR: Duration = Duration::from_secs(10);
 
 /// The body's length as its `Content-Length` declares it, if it does.
-pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse().ok())
@@ -34,22 +36,29 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
 /// Why [`read_within`] gave no body.
 #[derive(Debug, PartialEq)]
 pub enum Unread {
-    /// It passed the limit; the rest was read and thrown away.
-    TooLarge,
+    /// It is over the limit (by its declared length, if it had one); it
+    /// was read to its end and thrown away.
+    TooLarge { declared: Option<u64> },
     /// The client's body broke off (the reader's error).
     Failed(String),
 }
 
-/// The whole body if it is at most `limit` bytes long. Once it passes
-/// `limit`, nothing more is kept: the rest is discarded as above.
-pub async fn read_within(body: Body, limit: u64) -> Result<Bytes, Unread> {
+/// The whole body if it is at most `limit` bytes long. A body declared
+/// longer is discarded unread; one that passes `limit` while it is read
+/// keeps nothing more, and the rest is discarded.
+pub async fn read_within(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, Unread> {
+    let declared = declared_length(headers);
+    if declared.is_some_and(|length| length > limit) {
+        discard(body).await;
+        return Err(Unread::TooLarge { declared });
+    }
     let mut stream = body.into_data_stream();
     let mut read = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| Unread::Failed(e.to_string()))?;
         if (read.len() + chunk.len()) as u64 > limit {
             discard(Body::from_stream(stream)).await;
-            return Err(Unread::TooLarge);
+            return Err(Unread::TooLarge { declared: None });
         }
         read.extend_from_slice(&chunk);
     }
@@ -103,10 +112,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_within_the_limit_is_read_whole_and_one_past_it_to_its_end() {
+        let no_length = HeaderMap::new();
         let (within, _) = counted_body(4, 1000);
-        assert_eq!(read_within(within, 4000).await.map(|body| body.len()), Ok(4000));
+        assert_eq!(
+            read_within(&no_length, within, 4000).await.map(|body| body.len()),
+            Ok(4000)
+        );
         let (past, read) = counted_body(5, 1000);
-        assert_eq!(read_within(past, 4000).await, Err(Unread::TooLarge));
+        assert_eq!(
+            read_within(&no_length, past, 4000).await,
+            Err(Unread::TooLarge { declared: None })
+        );
         assert_eq!(
             read.load(std::sync::atomic::Ordering::Relaxed),
             5000,
