@@ -6,8 +6,9 @@
 //! lanes the live path runs its transforms in (`runtime::Lanes`): many
 //! messages at once each get their own answer from their own instance, a
 //! guest that runs to its time limit, or waits in a WASI call, does not
-//! hold up the messages behind it in its lane, and a lane that falls behind
-//! sends the next messages to another.
+//! hold up the messages behind it in its lane, a lane keeps only a few
+//! transforms going at once, and a lane that falls behind sends the next
+//! messages to another.
 
 mod support;
 
@@ -16,7 +17,8 @@ use std::time::Duration;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt as _, StreamExt as _};
 use passerelle::runtime::{
-    Action, GuestLimits, Lanes, Message, PoolSize, RouteContext, Runtime, Transform, TransformFailure,
+    Action, GuestLimits, LONG_RUNNING, Lanes, Message, PoolSize, RUNNING_AT_ONCE, RouteContext, Runtime, Transform,
+    TransformFailure,
 };
 use support::{CRM_ACCOUNT, fixture, transform};
 
@@ -250,6 +252,43 @@ async fn a_guest_at_its_time_limit_does_not_hold_up_the_lane() {
     assert!(
         finished[..20].iter().all(|name| *name == "good"),
         "finished in this order: {finished:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lane_keeps_a_few_transforms_going_and_lets_long_ones_aside() {
+    let runtime = pooled(16);
+    let lane = Lanes::with_lanes(runtime.clone(), 1);
+    let hostile = load(&runtime, fixture("hostile"));
+    let route = route();
+    // Each waits in WASI until its time limit stops it.
+    let sleeping = Message {
+        body: br#"{"do": "sleep", "millis": 3600000}"#.to_vec(),
+        ..Default::default()
+    };
+    let count = RUNNING_AT_ONCE + 2;
+    let runs = futures_util::future::join_all((0..count).map(|_| lane.run(&hostile, &route, &sleeping))).await;
+    for ran in &runs {
+        assert!(
+            ran.outcome
+                .as_ref()
+                .is_err_and(|failure| failure.reason().contains("time limit")),
+            "{:?}",
+            ran.outcome
+        );
+    }
+    let mut waits: Vec<Duration> = runs.iter().map(|ran| ran.waited).collect();
+    waits.sort();
+    // The first RUNNING_AT_ONCE started together; the next ones only once
+    // those had run LONG_RUNNING, not as they came (all at once), and not
+    // when those ended at their time limit.
+    assert!(
+        waits[RUNNING_AT_ONCE] >= LONG_RUNNING,
+        "more than {RUNNING_AT_ONCE} started at once: {waits:?}"
+    );
+    assert!(
+        waits[count - 1] < route.limits.time,
+        "the last ones waited for the first ones' time limit: {waits:?}"
     );
 }
 

@@ -29,7 +29,7 @@ use ticker::{EPOCH_TICK, Ticker};
 pub use bounds::bounded_reason;
 pub use cache::{ComponentCache, write_atomically};
 pub use guest::GuestLimits;
-pub use lane::{Lanes, Ran};
+pub use lane::{LONG_RUNNING, Lanes, RUNNING_AT_ONCE, Ran};
 
 /// Set (to anything) to have compiled guest code listed in
 /// `/tmp/perf-<pid>.map`, so that `perf report` names the guests' functions.

@@ -14,10 +14,16 @@
 //!
 //! Nothing of the sandbox changes: each message still gets a fresh
 //! instance from [`Runtime::run`], with its limits. A guest that runs long
-//! yields at every epoch tick, as it yielded to its worker before, and the
-//! lane runs the others between its slices. The queue needs no bound: each
-//! message task puts one job in and waits for its answer, so the route's
-//! concurrency bounds it.
+//! yields at every epoch tick, and the lane runs others between its
+//! slices, but only [`RUNNING_AT_ONCE`] at a time: heavy guests
+//! (JavaScript, Python: a millisecond or more each) run a couple at a
+//! time in the order they came, instead of the whole burst at once with
+//! every instance alive and its memory resident (a third of the peak RSS
+//! or less; docs/benchmarks.md, thirteenth session). A guest still
+//! running after [`LONG_RUNNING`] (at its time limit, or waiting in WASI)
+//! stops counting against that bound, so it never holds up the messages
+//! behind it. The queue needs no bound: each message task puts one job in
+//! and waits for its answer, so the route's concurrency bounds it.
 //!
 //! A lane is one task, so it uses one core at a time. There are as many
 //! lanes as cores, and a job goes to the first lane that keeps up (idle,
@@ -27,13 +33,15 @@
 
 use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt as _, StreamExt as _};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::Instrument as _;
 
 use super::{Action, GuestMessage, Message, RouteContext, Runtime, Transform, TransformFailure};
@@ -48,6 +56,19 @@ const SPILL_AFTER: Duration = Duration::from_millis(5);
 /// yield. In the benchmark (64 messages in flight) a woken lane yielded
 /// about twice on average and then ran 26 jobs back to back.
 const GATHER_YIELDS: usize = 8;
+/// How many transforms a lane keeps going at once. Light ones finish in
+/// their first poll and never meet the bound; heavy ones were all started
+/// together before it (64 in flight: 64 live instances, each with
+/// megabytes of memory resident). With two, the host's peak RSS running
+/// the JavaScript mapping went from 372 to 122 MiB, the Python one's from
+/// 748 to 173 MiB, at the same CPU a message (docs/benchmarks.md,
+/// thirteenth session).
+pub const RUNNING_AT_ONCE: usize = 2;
+/// A transform still running after this is at its time limit, waiting in
+/// WASI, or very heavy: it goes on, but lets the next job start, so that
+/// it never holds up the messages behind it. Its lane falls behind and the
+/// next messages go to another (`SPILL_AFTER`, the same 5 ms).
+pub const LONG_RUNNING: Duration = Duration::from_millis(5);
 
 /// Where the live path sends its transforms; cheap to clone. Each lane's
 /// task ends once every clone is gone and its last transforms are done.
@@ -161,21 +182,23 @@ fn stopped(reason: &str, lane: usize) -> Ran {
     }
 }
 
-/// Lane `index`'s task. Takes every job that is waiting before running
-/// any (`biased`), so that the jobs that arrived together run together;
-/// woken from idle, it first gathers the rest of the burst.
+/// Lane `index`'s task. Takes the jobs that are waiting, up to
+/// `RUNNING_AT_ONCE`, before it polls the running ones (`biased`), so
+/// that the jobs that arrived together run back to back; woken from idle,
+/// it first lets the rest of the burst arrive.
 async fn serve(runtime: Runtime, mut queue: mpsc::UnboundedReceiver<Job>, index: usize, load: Arc<Load>) {
+    let admissions = Arc::new(Semaphore::new(RUNNING_AT_ONCE));
     let mut running = FuturesUnordered::new();
     loop {
         tokio::select! {
             biased;
-            job = queue.recv() => match job {
-                Some(job) => {
+            job = admit(&mut queue, &admissions) => match job {
+                Some((job, admission)) => {
                     if running.is_empty() {
-                        // The loop then takes the whole burst before running any.
+                        // Let the rest of the burst reach the queue: its jobs then run back to back.
                         wait_for_burst(&queue).await;
                     }
-                    running.push(run(&runtime, job, index, &load));
+                    running.push(run(&runtime, job, admission, index, &load));
                 }
                 None => break,
             },
@@ -183,6 +206,22 @@ async fn serve(runtime: Runtime, mut queue: mpsc::UnboundedReceiver<Job>, index:
         }
     }
     while running.next().await.is_some() {}
+}
+
+/// The next job, once one of the lane's `RUNNING_AT_ONCE` admissions is
+/// free. Cancel-safe, as `select!` needs: dropped before a job came, it
+/// gives its admission back and has taken nothing from the queue.
+async fn admit(
+    queue: &mut mpsc::UnboundedReceiver<Job>,
+    admissions: &Arc<Semaphore>,
+) -> Option<(Job, OwnedSemaphorePermit)> {
+    let admission = admissions
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("a lane never closes its admissions");
+    let job = queue.recv().await?;
+    Some((job, admission))
 }
 
 /// Jobs come in bursts: the broker delivers messages in batches, and each
@@ -203,15 +242,15 @@ async fn wait_for_burst<J>(queue: &mpsc::UnboundedReceiver<J>) {
     }
 }
 
-async fn run(runtime: &Runtime, job: Job, lane: usize, load: &Load) {
+async fn run(runtime: &Runtime, job: Job, admission: OwnedSemaphorePermit, lane: usize, load: &Load) {
     let started = Instant::now();
     let waited = started.saturating_duration_since(job.sent);
     load.last_wait_micros
         .store(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
-    let outcome = AssertUnwindSafe(runtime.run_guest_message(&job.transform, &job.route, &job.message))
+    let guest = AssertUnwindSafe(runtime.run_guest_message(&job.transform, &job.route, &job.message))
         .catch_unwind()
-        .instrument(job.span.clone())
-        .await;
+        .instrument(job.span.clone());
+    let outcome = admitted_until_long(guest, admission).await;
     load.in_flight.fetch_sub(1, Ordering::Relaxed);
     match outcome {
         Ok(outcome) => {
@@ -226,6 +265,21 @@ async fn run(runtime: &Runtime, job: Job, lane: usize, load: &Load) {
         // One message fails, as its own task would have; the lane goes on.
         Err(_panic) => tracing::error!(route = %job.route.route, "the host panicked running a transform"),
     }
+}
+
+/// Runs `work` holding its `admission` to the lane until it ends or has
+/// run `LONG_RUNNING`, then lets it go on without. The usual transform
+/// ends in its first poll, and sets no timer.
+async fn admitted_until_long<F: Future>(work: F, admission: OwnedSemaphorePermit) -> F::Output {
+    let mut work = pin!(work);
+    if let Poll::Ready(output) = futures_util::poll!(work.as_mut()) {
+        return output;
+    }
+    tokio::select! {
+        output = work.as_mut() => return output,
+        () = tokio::time::sleep(LONG_RUNNING) => drop(admission),
+    }
+    work.await
 }
 
 #[cfg(test)]
@@ -287,6 +341,32 @@ mod tests {
         // The queue stays open but quiet.
         let (mut queue, _stop) = trickle(std::iter::once(1));
         assert!(gathered_after_the_first(&mut queue).await.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_holds_its_admission_until_it_ends_or_runs_long() {
+        let admissions = Arc::new(Semaphore::new(1));
+        let admission = || admissions.clone().try_acquire_owned().expect("a free admission");
+
+        // Ends in its first poll: the admission comes back with it.
+        assert_eq!(admitted_until_long(async { 7 }, admission()).await, 7);
+        assert_eq!(admissions.available_permits(), 1);
+
+        // Heavy, and ends before LONG_RUNNING: held to its end.
+        let heavy = tokio::spawn(admitted_until_long(tokio::time::sleep(LONG_RUNNING / 2), admission()));
+        tokio::time::sleep(LONG_RUNNING / 4).await;
+        assert_eq!(admissions.available_permits(), 0, "held while it runs");
+        heavy.await.unwrap();
+        assert_eq!(admissions.available_permits(), 1);
+
+        // Long: it lets the admission go at LONG_RUNNING and goes on.
+        let long = tokio::spawn(admitted_until_long(tokio::time::sleep(LONG_RUNNING * 10), admission()));
+        tokio::time::sleep(LONG_RUNNING - Duration::from_millis(1)).await;
+        assert_eq!(admissions.available_permits(), 0, "held until LONG_RUNNING");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(admissions.available_permits(), 1, "given back at LONG_RUNNING");
+        assert!(!long.is_finished(), "and it goes on");
+        long.await.unwrap();
     }
 
     #[tokio::test]
