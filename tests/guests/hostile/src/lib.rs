@@ -34,6 +34,12 @@ enum Order {
     /// Sleeps `millis` in a WASI call, where no epoch deadline reaches it,
     /// then makes an ordinary call.
     Sleep { millis: u64 },
+    /// Writes one byte in every other page of the first `pages` pages (of
+    /// 4 KiB, the host's) of a zeroed static area, then makes an ordinary
+    /// call: its memory's written pages lie in about `pages / 2` separate
+    /// runs. Rejects the message if one of those bytes was not zero: a page
+    /// kept an earlier message's write.
+    Scatter { pages: usize },
 }
 
 fn turn(msg: Message) -> Result<Vec<Action>, Failure> {
@@ -64,11 +70,39 @@ fn turn(msg: Message) -> Result<Vec<Action>, Failure> {
             std::thread::sleep(std::time::Duration::from_millis(millis));
             Ok(vec![put(&json!({ "id": "slept" }))?])
         }
+        Order::Scatter { pages } => {
+            scatter(pages)?;
+            Ok(vec![put(&json!({ "id": "scattered" }))?])
+        }
     }
 }
 
 fn put(args: &Value) -> Result<Action, Failure> {
     call("target", "put", args)
+}
+
+const PAGE: usize = 4096;
+const SCATTER_PAGES: usize = 512;
+/// Zero in every fresh instance (it is `.bss`), whatever earlier
+/// instances in the same slot wrote.
+static mut SCATTER_AREA: [u8; SCATTER_PAGES * PAGE] = [0; SCATTER_PAGES * PAGE];
+
+fn scatter(pages: usize) -> Result<(), Failure> {
+    if pages > SCATTER_PAGES {
+        return Err(reject(format!("scatter: at most {SCATTER_PAGES} pages")));
+    }
+    let area = &raw mut SCATTER_AREA;
+    for page in (0..pages).step_by(2) {
+        // SAFETY: within the area; one instance runs one message, on one thread.
+        unsafe {
+            let byte = area.cast::<u8>().add(page * PAGE);
+            if byte.read_volatile() != 0 {
+                return Err(reject(format!("scatter: page {page} kept an earlier message's write")));
+            }
+            byte.write_volatile(1);
+        }
+    }
+    Ok(())
 }
 
 /// Never returns: each frame waits for the next one's result.
