@@ -237,6 +237,13 @@ fn good_and_looping(runtime: &Runtime) -> (Transform, Transform) {
     )
 }
 
+/// Whether the guest was stopped by its time limit.
+fn stopped_at_time_limit(outcome: &Result<Vec<Action>, TransformFailure>) -> bool {
+    outcome
+        .as_ref()
+        .is_err_and(|failure| failure.reason().contains("time limit"))
+}
+
 /// The CRM id of crm-to-shop's one call.
 fn crm_id(actions: &[Action]) -> String {
     match actions {
@@ -286,13 +293,7 @@ async fn a_guest_at_its_time_limit_does_not_hold_up_the_lane() {
     while let Some((name, ran)) = runs.next().await {
         match name {
             "good" => assert_eq!(ran.outcome.map(|actions| actions.len()), Ok(1)),
-            slow => assert!(
-                ran.outcome
-                    .as_ref()
-                    .is_err_and(|failure| failure.reason().contains("time limit")),
-                "{slow}: {:?}",
-                ran.outcome
-            ),
+            slow => assert!(stopped_at_time_limit(&ran.outcome), "{slow}: {:?}", ran.outcome),
         }
         finished.push(name);
     }
@@ -319,13 +320,7 @@ async fn a_lane_keeps_a_few_transforms_going_and_lets_long_ones_aside() {
     let count = RUNNING_AT_ONCE + 2;
     let runs = futures_util::future::join_all((0..count).map(|_| lane.run(&hostile, &route, &sleeping))).await;
     for ran in &runs {
-        assert!(
-            ran.outcome
-                .as_ref()
-                .is_err_and(|failure| failure.reason().contains("time limit")),
-            "{:?}",
-            ran.outcome
-        );
+        assert!(stopped_at_time_limit(&ran.outcome), "{:?}", ran.outcome);
     }
     let mut waits: Vec<Duration> = runs.iter().map(|ran| ran.waited).collect();
     waits.sort();

@@ -152,9 +152,7 @@ async fn refuse_too_large(State(limit): State<ByteSize>, request: Request, next:
             );
             Problem::new(StatusCode::PAYLOAD_TOO_LARGE, problem).into_response()
         }
-        Err(refused_body::Unread::Failed(e)) => {
-            Problem::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}")).into_response()
-        }
+        Err(refused_body::Unread::Failed(reason)) => Problem::new(StatusCode::BAD_REQUEST, reason).into_response(),
     }
 }
 

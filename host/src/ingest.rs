@@ -221,7 +221,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes,
         .await
         .map_err(|unread| match unread {
             refused_body::Unread::TooLarge { .. } => Refusal::TooLarge(limit),
-            refused_body::Unread::Failed(e) => Refusal::Invalid(format!("reading the body: {e}")),
+            refused_body::Unread::Failed(reason) => Refusal::Invalid(reason),
         })
 }
 

@@ -39,7 +39,7 @@ pub enum Unread {
     /// It is over the limit (by its declared length, if it had one); it
     /// was read to its end and thrown away.
     TooLarge { declared: Option<u64> },
-    /// The client's body broke off (the reader's error).
+    /// The client's body broke off: "reading the body: " and the reader's error.
     Failed(String),
 }
 
@@ -55,7 +55,7 @@ pub async fn read_within(headers: &HeaderMap, body: Body, limit: u64) -> Result<
     let mut stream = body.into_data_stream();
     let mut read = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Unread::Failed(e.to_string()))?;
+        let chunk = chunk.map_err(|e| Unread::Failed(format!("reading the body: {e}")))?;
         if (read.len() + chunk.len()) as u64 > limit {
             discard(Body::from_stream(stream)).await;
             return Err(Unread::TooLarge { declared: None });
