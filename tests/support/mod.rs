@@ -8,6 +8,7 @@ pub mod broker_node;
 pub mod browser;
 pub mod ledger;
 pub mod one_route;
+pub mod swap;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};

@@ -38,8 +38,14 @@ enum Order {
     /// 4 KiB, the host's) of a zeroed static area, then makes an ordinary
     /// call: its memory's written pages lie in about `pages / 2` separate
     /// runs. Rejects the message if one of those bytes was not zero: a page
-    /// kept an earlier message's write.
-    Scatter { pages: usize },
+    /// kept an earlier message's write. Then, if `sleep_millis` is given,
+    /// sleeps that long in a WASI call: the time for a test to have the
+    /// kernel swap those pages out while the instance still holds them.
+    Scatter {
+        pages: usize,
+        #[serde(default)]
+        sleep_millis: u64,
+    },
 }
 
 fn turn(msg: Message) -> Result<Vec<Action>, Failure> {
@@ -70,8 +76,9 @@ fn turn(msg: Message) -> Result<Vec<Action>, Failure> {
             std::thread::sleep(std::time::Duration::from_millis(millis));
             Ok(vec![put(&json!({ "id": "slept" }))?])
         }
-        Order::Scatter { pages } => {
+        Order::Scatter { pages, sleep_millis } => {
             scatter(pages)?;
+            std::thread::sleep(std::time::Duration::from_millis(sleep_millis));
             Ok(vec![put(&json!({ "id": "scattered" }))?])
         }
     }
