@@ -243,19 +243,29 @@ async fn wait_for_burst<J>(queue: &mpsc::UnboundedReceiver<J>) {
 }
 
 async fn run(runtime: &Runtime, job: Job, admission: OwnedSemaphorePermit, lane: usize, load: &Load) {
+    let Job {
+        transform,
+        route,
+        message,
+        span,
+        sent,
+        done,
+    } = job;
     let started = Instant::now();
-    let waited = started.saturating_duration_since(job.sent);
+    let waited = started.saturating_duration_since(sent);
     load.last_wait_micros
         .store(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
-    let guest = AssertUnwindSafe(runtime.run_guest_message(&job.transform, &job.route, &job.message))
+    // The span moves into the guest's future: a clone would cost the log
+    // layer a reference count in its registry, and a close, per message.
+    let guest = AssertUnwindSafe(runtime.run_guest_message(&transform, &route, &message))
         .catch_unwind()
-        .instrument(job.span.clone());
+        .instrument(span);
     let outcome = admitted_until_long(guest, admission).await;
     load.in_flight.fetch_sub(1, Ordering::Relaxed);
     match outcome {
         Ok(outcome) => {
             // The caller may have gone (its message task was cancelled at shutdown).
-            let _ = job.done.send(Ran {
+            let _ = done.send(Ran {
                 outcome,
                 waited,
                 took: started.elapsed(),
@@ -263,7 +273,7 @@ async fn run(runtime: &Runtime, job: Job, admission: OwnedSemaphorePermit, lane:
             });
         }
         // One message fails, as its own task would have; the lane goes on.
-        Err(_panic) => tracing::error!(route = %job.route.route, "the host panicked running a transform"),
+        Err(_panic) => tracing::error!(route = %route.route, "the host panicked running a transform"),
     }
 }
 
