@@ -83,7 +83,7 @@ pub fn page_out_this_process() -> u64 {
 }
 
 /// `VmSwap` of this process, in KiB.
-pub fn swapped_kib() -> u64 {
+fn swapped_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
     let line = status
         .lines()

@@ -35,12 +35,12 @@ enum Order {
     /// then makes an ordinary call.
     Sleep { millis: u64 },
     /// Writes one byte in every other page of the first `pages` pages (of
-    /// 4 KiB, the host's) of a zeroed static area, then makes an ordinary
-    /// call: its memory's written pages lie in about `pages / 2` separate
-    /// runs. Rejects the message if one of those bytes was not zero: a page
-    /// kept an earlier message's write. Then, if `sleep_millis` is given,
-    /// sleeps that long in a WASI call: the time for a test to have the
-    /// kernel swap those pages out while the instance still holds them.
+    /// 4 KiB, the host's) of a zeroed static area: its memory's written
+    /// pages lie in about `pages / 2` separate runs. Rejects the message if
+    /// one of those bytes was not zero: a page kept an earlier message's
+    /// write. Then sleeps `sleep_millis` (if given) in a WASI call, the
+    /// time for a test to have the kernel swap those pages out while the
+    /// instance still holds them, and makes an ordinary call.
     Scatter {
         pages: usize,
         #[serde(default)]
