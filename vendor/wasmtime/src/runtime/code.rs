@@ -405,12 +405,26 @@ impl Drop for StoreCode {
 /// code pointers, ready to call.
 pub struct ModuleWithCode<'a> {
     module: &'a Module,
+    #[cfg_attr(
+        not(feature = "debug"),
+        allow(
+            dead_code,
+            reason = "used with guest debugging only (`Instance::function_in_store`)"
+        )
+    )]
     store_code: &'a StoreCode,
 }
 
 impl<'a> ModuleWithCode<'a> {
     /// Find the StoreCode in a given store for a module and wrap it
     /// up with that module, ready to compute code pointers.
+    #[cfg_attr(
+        not(feature = "debug"),
+        allow(
+            dead_code,
+            reason = "used with guest debugging only (`Instance::function_in_store`)"
+        )
+    )]
     pub fn in_store(
         registry: &'a ModuleRegistry,
         module: &'a Module,
@@ -431,7 +445,14 @@ impl<'a> ModuleWithCode<'a> {
     /// Returns the slice in the text section of the function that
     /// `key` points to.
     #[inline]
-    pub fn function(&self, key: FuncKey) -> &[u8] {
+    #[cfg_attr(
+        not(feature = "debug"),
+        allow(
+            dead_code,
+            reason = "used with guest debugging only (`Instance::function_in_store`)"
+        )
+    )]
+    pub fn function(&self, key: FuncKey) -> &'a [u8] {
         let range = self.module.compiled_module().function_range(key);
         &self.store_code.text()[range]
     }

@@ -11,8 +11,9 @@ use alloc::sync::Arc;
 use core::ops::Range;
 use core::str;
 use wasmtime_environ::{
-    CompiledFunctionsTable, CompiledModuleInfo, DefinedFuncIndex, FilePos, FuncIndex, FuncKey,
-    FunctionLoc, FunctionName, Metadata, Module, ModuleInternedTypeIndex, StaticModuleIndex,
+    CompiledFunctionsTable, CompiledModuleInfo, DefinedFuncIndex, EntityRef as _, FilePos,
+    FuncIndex, FuncKey, FunctionLoc, FunctionName, Metadata, Module, ModuleInternedTypeIndex,
+    StaticModuleIndex,
 };
 
 /// A compiled wasm module, ready to be instantiated.
@@ -25,6 +26,20 @@ pub struct CompiledModule {
     index: Arc<CompiledFunctionsTable>,
     /// Sorted list, by function index, of names we have for this module.
     func_names: Vec<FunctionName>,
+    /// Where each defined function's code and array-to-wasm trampoline lie,
+    /// by `DefinedFuncIndex`, looked up in `index` once, when the module is
+    /// loaded. (Wasmtime 48.0.8 searched `index` for both on every funcref an
+    /// instance initialized: a fresh instance of a Python guest initializes
+    /// thousands lazily, and the trampolines' sparse binary search took a
+    /// third of its time: Passerelle's `vendor/README.md`.)
+    entry_points: Box<[EntryPoints]>,
+}
+
+/// A defined function's entry points in the text section.
+struct EntryPoints {
+    wasm: FunctionLoc,
+    /// Only functions that may be called from outside have one.
+    array_to_wasm: Option<FunctionLoc>,
 }
 
 impl CompiledModule {
@@ -51,6 +66,7 @@ impl CompiledModule {
         index: Arc<CompiledFunctionsTable>,
         profiler: &dyn ProfilingAgent,
     ) -> Result<Self> {
+        let entry_points = entry_points(&info.module, &index);
         let mut ret = Self {
             unique_id: CompiledModuleId::new(),
             engine_code,
@@ -58,6 +74,7 @@ impl CompiledModule {
             meta: info.meta,
             index,
             func_names: info.func_names,
+            entry_points,
         };
         ret.register_profiling(profiler)?;
 
@@ -167,9 +184,16 @@ impl CompiledModule {
 
     /// Gets the function location information for a given function index.
     pub fn func_loc(&self, key: FuncKey) -> &FunctionLoc {
-        self.index
-            .func_loc(key)
-            .expect("defined function should be present")
+        let loc = match key {
+            FuncKey::DefinedWasmFunction(module, index) if module == self.module_index() => {
+                Some(&self.entry_points[index.index()].wasm)
+            }
+            FuncKey::ArrayToWasmTrampoline(module, index) if module == self.module_index() => {
+                self.entry_points[index.index()].array_to_wasm.as_ref()
+            }
+            _ => self.index.func_loc(key),
+        };
+        loc.expect("defined function should be present")
     }
 
     /// Returns the original binary offset in the file that `index` was defined
@@ -269,4 +293,22 @@ impl<'a> SymbolizeContext<'a> {
     pub fn code_section_offset(&self) -> u64 {
         self.code_section_offset
     }
+}
+
+/// Every defined function's entry points, as `index` has them.
+fn entry_points(module: &Module, index: &CompiledFunctionsTable) -> Box<[EntryPoints]> {
+    module
+        .defined_func_indices()
+        .map(|def_index| EntryPoints {
+            wasm: *index
+                .func_loc(FuncKey::DefinedWasmFunction(module.module_index, def_index))
+                .expect("defined function should be present"),
+            array_to_wasm: index
+                .func_loc(FuncKey::ArrayToWasmTrampoline(
+                    module.module_index,
+                    def_index,
+                ))
+                .copied(),
+        })
+        .collect()
 }

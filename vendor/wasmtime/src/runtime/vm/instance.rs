@@ -2,6 +2,7 @@
 //! wasm module (except its callstack and register state). An
 //! `InstanceHandle` is a reference-counting handle for an `Instance`.
 
+#[cfg(feature = "debug")]
 use crate::code::ModuleWithCode;
 use crate::module::ModuleRegistry;
 use crate::prelude::*;
@@ -960,20 +961,16 @@ impl Instance {
         // it's better for instantiation performance if we don't have to track
         // "is-initialized" state at all!
 
-        let module_with_code = ModuleWithCode::in_store(
-            registry,
-            self.runtime_module()
-                .expect("funcref impossible in fake module"),
-        )
-        .expect("module not in store");
+        let module = self
+            .runtime_module()
+            .expect("funcref impossible in fake module");
+        let function = |key| Self::function_in_store(registry, module, key);
 
-        let array_call =
-            VmPtr::from(NonNull::from(module_with_code.function(array_to_wasm_key)).cast());
+        let array_call = VmPtr::from(NonNull::from(function(array_to_wasm_key)).cast());
 
         let wasm_call = Some(VmPtr::from(
             NonNull::new(
-                module_with_code
-                    .function(wasm_key)
+                function(wasm_key)
                     .as_ptr()
                     .cast::<VMWasmCallFunction>()
                     .cast_mut(),
@@ -999,6 +996,35 @@ impl Instance {
         }
 
         Some(func_ref_ptr)
+    }
+
+    /// The code of `module`'s function `key` as this store runs it.
+    ///
+    /// Without guest debugging every store runs the engine's copy of the
+    /// code (`StoreCode::new`): no need to search the store's registry for it
+    /// on each funcref, which a fresh instance of a large guest initializes
+    /// by the thousand (Passerelle's `vendor/README.md`).
+    #[cfg(not(feature = "debug"))]
+    fn function_in_store<'a>(
+        _registry: &'a ModuleRegistry,
+        module: &'a crate::Module,
+        key: FuncKey,
+    ) -> &'a [u8] {
+        let range = module.compiled_module().function_range(key);
+        &module.engine_code().text()[range]
+    }
+
+    /// The code of `module`'s function `key` as this store runs it: with
+    /// guest debugging a store may run a copy of its own.
+    #[cfg(feature = "debug")]
+    fn function_in_store<'a>(
+        registry: &'a ModuleRegistry,
+        module: &'a crate::Module,
+        key: FuncKey,
+    ) -> &'a [u8] {
+        ModuleWithCode::in_store(registry, module)
+            .expect("module not in store")
+            .function(key)
     }
 
     /// Get the passive elements segment at the given index.
